@@ -4,24 +4,28 @@ Every shape follows from the input's shape and every index is computed from ``ar
 those shapes, so the graph exports to ONNX with symbolic height/width and builds in TensorRT:
 no NonZero, no boolean-mask indexing, no scatter, no data-dependent loops, no ``F.fold``.
 
-Formulation (``n`` = patches, ``F = C*p*p`` patch length, ``W`` = window, ``T`` = column tile):
+Formulation (``s`` = stride, ``W`` = window, ``T`` = column tile, ``D = C*s*s``):
 
-* **Patches as 2x2 blocks.** With ``stride = patch/2`` a patch is 2x2 non-overlapping
-  ``stride x stride`` blocks, so patch extraction is ``pixel_unshuffle`` plus four shifted
-  slices, and folding back is four shifted adds plus ``pixel_shuffle`` (no Col2Im).
-* **Rows by window slot, columns by tiles.** The window of query row ``i`` is rows
-  ``start(i) + a`` for the ``W`` slots ``a``: one gather of whole rows per slot (a static loop
-  of ``W`` steps). Along columns, the queries of a tile of ``T`` columns all draw their
-  candidates from one span of ``T + W - 1`` columns, so distances and aggregation become dense
-  batched matmuls (``T x F @ F x (T+W-1)`` and ``kT x (T+W-1) @ (T+W-1) x F``) with entries
-  outside each query's window (and the query itself) masked out of the softmax.
-* **Memory** is O(H*W): the largest tensors are the patch grids (4*C floats per pixel), one
-  slot's gathered candidate span (``(T+W-1)/T`` times that) and the ``k`` aggregated patch
-  grids (4*k*C floats per pixel); nothing of size ``patches x window x F`` ever exists.
-* **Precision plan.** Distances, batch-norm, temperature, softmax rounds and aggregation run
-  in at least float32 whatever the input dtype (float16 inputs are upcast and the result cast
-  back); masked logits use a large finite negative number, never ``-inf``, and log(1-exp(w))
-  is the branch-free form of :func:`n3deploy.knn.common.log1mexp`.
+* **Patches are 2x2 blocks.** With ``patch = 2*stride`` every patch is 2x2 non-overlapping
+  ``s x s`` blocks of the padded image (``pixel_unshuffle``), so the patch dot product is the
+  sum of four block dot products and folding patches back is a sum over four block offsets.
+* **Distances: rows by window slot, columns by tiles.** The window of query row ``i`` is rows
+  ``start(i) + a`` (``W`` slots, a static loop). The queries of a tile of ``T`` columns draw
+  their candidates from one span of ``T + W - 1`` columns, so each slot's patch Gram matrix
+  is a dense batched matmul of query blocks against one gathered block-row span. The
+  distances are then gathered into slot form ``nh x nw x W x W`` (the exact window).
+* **Softmax rounds** run on ``patches x W*W`` logits with the query itself and the slots
+  outside small grids masked by a large finite negative number.
+* **Aggregation with folded weights.** Folding is linear, so the four patches covering a
+  block can be folded into the *weights* first: output block ``u`` is a weighted sum over a
+  ``(W+1) x (W+1)`` window of input blocks (``k x (W+1)^2`` weights per block), computed as
+  batched matmuls of block-row slots against column spans, like the distances. This needs
+  ``D``-dimensional blocks instead of ``4D``-dimensional patches: 4x fewer multiply-adds.
+* **Memory** is O(H*W): the largest tensors hold ``k*(W+1)*(T+W)`` weights per block; nothing
+  of size ``patches x window x patch_length`` ever exists.
+* **Precision plan.** Everything here runs in at least float32 whatever the input dtype
+  (float16 inputs are upcast, the result cast back); masked logits are finite, never
+  ``-inf``; log(1-exp(w)) is the branch-free :func:`n3deploy.knn.common.log1mexp`.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from .common import log1mexp, pad_amounts, scaled_logits, window_start
 
 __all__ = ["knn_aggregate_static", "DEFAULT_TILE"]
 
-DEFAULT_TILE = 8
+DEFAULT_TILE = 16
+DEFAULT_GROUP = 4
 MASKED_LOGIT = -1.0e30
+_OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
 def _blocks(img: Tensor, stride: int) -> Tensor:
@@ -45,29 +51,14 @@ def _blocks(img: Tensor, stride: int) -> Tensor:
     return F.pixel_unshuffle(img, stride).permute(0, 2, 3, 1)
 
 
-def _patches(blocks: Tensor, nh: int, nw: int) -> Tensor:
-    """Block grid ``B x (nh+1) x (nw+1) x D`` -> patch grid ``B x nh x nw x 4D`` (offset-major)."""
-    return torch.cat(
-        [blocks[:, di : di + nh, dj : dj + nw] for di in (0, 1) for dj in (0, 1)], dim=-1
-    )
+def _span_gather(flat: Tensor, rows: Tensor, cols: Tensor, ncols: int) -> Tensor:
+    """Gather ``flat[:, rows[r]*ncols + cols[t, m]]`` -> ``B x R x nt x M x D``.
 
-
-def _fold(z: Tensor, nh: int, nw: int, stride: int) -> Tensor:
-    """Patch grid ``B x K x nh x nw x 4D`` -> overlap-averaged image ``B x K x (D/s^2) x Hp x Wp``."""
-    b, kk = z.shape[:2]
-    d = z.shape[-1] // 4
-    z = z.permute(0, 1, 4, 2, 3)  # B x K x 4D x nh x nw
-    acc = None
-    for q, (di, dj) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-        part = F.pad(z[:, :, q * d : (q + 1) * d], (dj, 1 - dj, di, 1 - di))
-        acc = part if acc is None else acc + part
-    # Each block is covered by 1 (border) or 2 (inside) patches per axis.
-    rows = 2.0 - (torch.arange(nh + 1, device=z.device) % nh == 0).to(z.dtype)
-    cols = 2.0 - (torch.arange(nw + 1, device=z.device) % nw == 0).to(z.dtype)
-    acc = acc / (rows[:, None] * cols[None, :])
-    acc = acc.reshape(b * kk, d, nh + 1, nw + 1)
-    out = F.pixel_shuffle(acc, stride)
-    return out.reshape(b, kk, -1, out.shape[-2], out.shape[-1])
+    ``flat``: ``B x (nrows*ncols) x D``; ``rows``: ``R``; ``cols``: ``nt x M`` (both int64).
+    """
+    idx = (rows[:, None, None] * ncols + cols[None]).reshape(-1)
+    out = flat.index_select(1, idx)
+    return out.reshape(flat.shape[0], rows.shape[0], cols.shape[0], cols.shape[1], flat.shape[-1])
 
 
 def knn_aggregate_static(
@@ -82,6 +73,7 @@ def knn_aggregate_static(
     window: int,
     temp_bias: float,
     tile: int = DEFAULT_TILE,
+    group: int = DEFAULT_GROUP,
 ) -> Tensor:
     """Continuous k-nearest-neighbour aggregation; same contract as the reference.
 
@@ -90,7 +82,8 @@ def knn_aggregate_static(
         embed: ``B x E x H x W`` embedding whose patch distances select the neighbours.
         log_temp: ``B x 1 x H x W`` log-temperature image (averaged over each patch).
         distance_bn: batch-norm applied to the negated distances.
-        tile: query columns per tile (speed/waste trade-off, no effect on the result).
+        tile: columns per tile (speed/waste trade-off, no effect on the result).
+        group: block-row slots contracted per aggregation matmul (speed/memory trade-off).
 
     Returns:
         ``B x (k*C) x H x W``: the k neighbour images ``z_1..z_k``, neighbour-major.
@@ -102,75 +95,135 @@ def knn_aggregate_static(
     x, embed, log_temp = x.to(work), embed.to(work), log_temp.to(work)
     b, c, h, w = x.shape
     dev = x.device
+    nwin = window
     pt, pb = pad_amounts(h, patch_size, stride)
     pl, pr = pad_amounts(w, patch_size, stride)
     pad = (pl, pr, pt, pb)
     xp, ep, tp = (F.pad(t, pad) for t in (x, embed, log_temp))
-    hp, wp = xp.shape[-2:]
-    nh, nw = hp // stride - 1, wp // stride - 1
-    span = tile + window - 1
+    hb, wb = xp.shape[-2] // stride, xp.shape[-1] // stride  # block grid
+    nh, nw = hb - 1, wb - 1  # patch grid
+
+    be = _blocks(ep, stride)  # B x hb x wb x De
+    bx = _blocks(xp, stride)  # B x hb x wb x Dx
+    de, dx = be.shape[-1], bx.shape[-1]
+    bsq = (be * be).sum(-1)  # B x hb x wb
+    psq = bsq[:, :-1, :-1] + bsq[:, :-1, 1:] + bsq[:, 1:, :-1] + bsq[:, 1:, 1:]  # B x nh x nw
+    temp = (F.avg_pool2d(tp, patch_size, stride)[:, 0] + math.log(temp_bias)).exp()  # B x nh x nw
+
+    # ---------------------------------------------------------------- geometry
+    i = torch.arange(nh, device=dev)
+    jq = torch.arange(nw, device=dev)
+    slots = torch.arange(nwin, device=dev)
+    row_start = window_start(i, nh, nwin)  # nh
+    col_start = window_start(jq, nw, nwin)  # nw
+    cand_row = row_start[:, None] + slots  # nh x W
+    cand_col = col_start[:, None] + slots  # nw x W
+    valid = (cand_row < nh)[:, None, :, None] & (cand_col < nw)[None, :, None, :]
+    valid = valid & ~((cand_row == i[:, None])[:, None, :, None] & (cand_col == jq[:, None])[None, :, None, :])
+
+    # ------------------------------------------------ distances, slot by slot
     ntile = (nw + tile - 1) // tile
     nwq = ntile * tile
+    span = tile + nwin - 1
+    tstart = window_start(torch.arange(ntile, device=dev) * tile, nw, nwin)  # ntile
+    span_cols = tstart[:, None] + torch.arange(span + 1, device=dev)  # ntile x (span+1)
+    jt = torch.arange(nwq, device=dev).reshape(ntile, tile)
+    # Where query column j's window sits inside its tile's span: ntile x T x W.
+    in_span = (window_start(jt, nw, nwin) - tstart[:, None])[..., None] + slots
+    in_span = in_span.clamp(max=span - 1)
 
-    pe = _patches(_blocks(ep, stride), nh, nw)  # B x nh x nw x Fe
-    px = _patches(_blocks(xp, stride), nh, nw)  # B x nh x nw x Fx
-    fe, fx = pe.shape[-1], px.shape[-1]
-    pe_flat, px_flat = pe.reshape(b, nh * nw, fe), px.reshape(b, nh * nw, fx)
-    esq_flat = (pe_flat * pe_flat).sum(-1, keepdim=True)  # B x N x 1
+    queries = torch.cat(
+        [F.pad(be[:, di : di + nh, dj : dj + nw], (0, 0, 0, nwq - nw)) for di, dj in _OFFSETS], dim=-2
+    )  # B x nh x 4*nwq x De, offset-major along columns
+    queries = queries.reshape(b, nh, 4, ntile, tile, de).transpose(2, 3).reshape(b, nh, ntile, 4 * tile, de)
+    q_sq = F.pad(psq, (0, nwq - nw)).reshape(b, nh, ntile, tile, 1)
+    be_flat = be.reshape(b, hb * wb, de)
+    psq_flat = psq.reshape(b, nh * nw, 1)
+    psq_cols = span_cols[:, :span].clamp(max=nw - 1)
 
-    # Queries: columns padded to whole tiles -> B x nh x ntile x T x Fe.
-    q = F.pad(pe, (0, 0, 0, nwq - nw)).reshape(b, nh, ntile, tile, fe)
-    q_sq = (q * q).sum(-1, keepdim=True)  # B x nh x ntile x T x 1
-    temp = (F.avg_pool2d(tp, patch_size, stride)[:, 0] + math.log(temp_bias)).exp()  # B x nh x nw
-    temp = F.pad(temp, (0, nwq - nw), value=1.0).reshape(b, nh, ntile, tile, 1)
+    def block_gram(alpha: int) -> Tensor:
+        """Query blocks x candidate blocks of block-row slot alpha: B x nh x ntile x 4T x (span+1)."""
+        rows = (row_start + alpha).clamp(max=hb - 1)
+        cand = _span_gather(be_flat, rows, span_cols.clamp(max=wb - 1), wb)
+        return torch.matmul(queries, cand.transpose(-1, -2))
 
-    # Column geometry (shared by all slots): tile t draws candidates from columns span_cols[t].
-    i = torch.arange(nh, device=dev)
-    j = torch.arange(nwq, device=dev).reshape(ntile, tile)
-    tile_start = window_start(torch.arange(ntile, device=dev) * tile, nw, window)
-    span_cols = tile_start[:, None] + torch.arange(span, device=dev)  # ntile x span
-    col_start = window_start(j, nw, window)[..., None]  # ntile x T x 1
-    cand = span_cols[:, None, :]  # ntile x 1 x span
-    # A window holds min(window, n) patches: [start, start + window) clipped to the grid.
-    col_ok = (cand >= col_start) & (cand < col_start + window) & (cand < nw) & (j[..., None] < nw)
-    col_self = cand == j[..., None]  # ntile x T x span
-    span_cols = span_cols.clamp(max=nw - 1)
-    row_start = window_start(i, nh, window)
-
-    def gather(flat: Tensor, a: int) -> Tensor:
-        """Candidates of window-row slot ``a``: ``B x nh x ntile x span x F``."""
+    dist_slots = []
+    gram_next = block_gram(0)
+    for a in range(nwin):
+        gram, gram_next = gram_next, block_gram(a + 1)
+        g = (
+            gram[..., 0 * tile : 1 * tile, :span]
+            + gram[..., 1 * tile : 2 * tile, 1:]
+            + gram_next[..., 2 * tile : 3 * tile, :span]
+            + gram_next[..., 3 * tile : 4 * tile, 1:]
+        )  # B x nh x ntile x T x span
         rows = (row_start + a).clamp(max=nh - 1)
-        idx = (rows[:, None, None] * nw + span_cols[None]).reshape(-1)
-        return flat.index_select(1, idx).reshape(b, nh, ntile, span, flat.shape[-1])
+        c_sq = _span_gather(psq_flat, rows, psq_cols, nw).squeeze(-1)[..., None, :]  # B x nh x ntile x 1 x span
+        dist = q_sq + c_sq - 2.0 * g
+        index = in_span[None, None].expand(b, nh, ntile, tile, nwin)
+        dist_slots.append(torch.gather(dist, -1, index))  # B x nh x ntile x T x W(b)
+    dist = torch.stack(dist_slots, dim=-2).reshape(b, nh, nwq, nwin, nwin)[:, :, :nw]
 
-    logits, valid = [], []
-    for a in range(window):
-        ce = gather(pe_flat, a)
-        c_sq = gather(esq_flat, a).transpose(-1, -2)  # B x nh x ntile x 1 x span
-        dist = q_sq + c_sq - 2.0 * torch.matmul(q, ce.transpose(-1, -2))
-        rows = (row_start + a)[:, None, None, None]
-        ok = col_ok[None] & ~(col_self[None] & (rows == i[:, None, None, None])) & (rows < nh)
-        logits.append(dist.neg())
-        valid.append(ok)  # nh x ntile x T x span
-    neg_dist = torch.stack(logits, dim=-2)  # B x nh x ntile x T x W x span
-    valid_all = torch.stack(valid, dim=-2)[None]  # 1 x nh x ntile x T x W x span
-    scaled = scaled_logits(neg_dist, distance_bn, temp[..., None], valid_all)
-    lg = torch.where(valid_all, scaled, MASKED_LOGIT).flatten(-2)
-
+    # ------------------------------------------------------- softmax rounds
+    scaled = scaled_logits(-dist, distance_bn, temp[..., None, None], valid[None])
+    lg = torch.where(valid[None], scaled, MASKED_LOGIT).reshape(b, nh, nw, nwin * nwin)
     weights = []
     for _ in range(k):
         logw = F.log_softmax(lg, dim=-1)
         weights.append(logw.exp())
         lg = lg + log1mexp(logw)
-    # B x nh x ntile x k x T x W x span -> B x nh x ntile x W x (k*T) x span
-    wts = torch.stack(weights, dim=3).reshape(b, nh, ntile, k, tile, window, span)
-    wts = wts.permute(0, 1, 2, 5, 3, 4, 6).reshape(b, nh, ntile, window, k * tile, span)
+    wts = torch.stack(weights, dim=1).reshape(b, k, nh, nw, nwin, nwin)
 
+    # -------------------------------------- fold the weights onto the block grid
+    # Output block u = (ui, uj) sums the patches u - d (d in {0,1}^2) that cover it, so its
+    # value is a weighted sum of input blocks in a (W+1) x (W+1) window starting at
+    # (start(ui), start(uj)); patch q = u - d's slot (a, b) is block row start(q_i) + a + d_i,
+    # i.e. block slot alpha = start(q_i) + a + d_i - start(ui) (same for columns). The folded
+    # weights are gathered straight into the banded layout the matmuls want: block rows by
+    # slot alpha, block columns by tiles of T with a span of T + W columns.
+    nbt = (wb + tile - 1) // tile
+    bspan = tile + nwin
+    ub = torch.arange(hb, device=dev)
+    vt = torch.arange(nbt * tile, device=dev).reshape(nbt, tile)
+    bstart = window_start(vt[:, 0], nw, nwin)  # nbt
+    alpha = torch.arange(nwin + 1, device=dev)
+    m = torch.arange(bspan, device=dev)
+    # Weights as B x k x (nh*W + 1) x (nw*W + 1): rows (q_i, a), columns (q_j, b), a zero last row/column.
+    wmat = F.pad(wts.permute(0, 1, 2, 4, 3, 5).reshape(b, k, nh * nwin, nw * nwin), (0, 1, 0, 1))
+    fw = None
+    for d in (0, 1):
+        qi = ub[:, None] - d
+        a = window_start(ub, nh, nwin)[:, None] + alpha - d - window_start(qi, nh, nwin)
+        ok = (qi >= 0) & (qi < nh) & (a >= 0) & (a < nwin)
+        rows = torch.where(ok, qi * nwin + a, nh * nwin).reshape(-1)  # hb*(W+1)
+        wrow = wmat.index_select(2, rows)  # B x k x hb*(W+1) x (nw*W + 1)
+        for e in (0, 1):
+            qj = vt[..., None] - e
+            bb = bstart[:, None, None] + m - e - window_start(qj, nw, nwin)
+            ok = (qj >= 0) & (qj < nw) & (bb >= 0) & (bb < nwin)
+            cols = torch.where(ok, qj * nwin + bb, nw * nwin).reshape(-1)  # nbt*T*bspan
+            part = wrow.index_select(3, cols)
+            fw = part if fw is None else fw + part
+    # B x k x hb x (W+1) x nbt x T x bspan -> B x hb x nbt x k*T x (W+1)*bspan
+    fw = fw.reshape(b, k, hb, nwin + 1, nbt, tile, bspan).permute(0, 2, 4, 1, 5, 3, 6)
+    fw = fw.reshape(b, hb, nbt, k * tile, (nwin + 1) * bspan)
+
+    # -------------------------------- aggregation: groups of block-row slots per matmul
+    bx_flat = bx.reshape(b, hb * wb, dx)
+    bcols = (bstart[:, None] + m).clamp(max=wb - 1)  # nbt x bspan
+    brow = window_start(ub, nh, nwin)[:, None] + alpha  # hb x (W+1)
     z = None
-    for a in range(window):
-        part = torch.matmul(wts[:, :, :, a], gather(px_flat, a))  # B x nh x ntile x kT x Fx
+    for g0 in range(0, nwin + 1, group):
+        g1 = min(g0 + group, nwin + 1)
+        rows = brow[:, g0:g1].clamp(max=hb - 1)  # hb x G
+        idx = (rows[:, None, :, None] * wb + bcols[None, :, None, :]).reshape(-1)
+        cand = bx_flat.index_select(1, idx).reshape(b, hb, nbt, (g1 - g0) * bspan, dx)
+        part = torch.matmul(fw[..., g0 * bspan : g1 * bspan], cand)  # B x hb x nbt x kT x Dx
         z = part if z is None else z + part
-    z = z.reshape(b, nh, ntile, k, tile, fx).permute(0, 3, 1, 2, 4, 5).reshape(b, k, nh, nwq, fx)
-    out = _fold(z[:, :, :, :nw], nh, nw, stride)  # B x k x C x Hp x Wp
-    out = out[..., pt : pt + h, pl : pl + w]
+    # B x hb x nbt x k x T x Dx -> B*k x Dx x hb x wb, divided by the patches covering each block
+    z = z.reshape(b, hb, nbt, k, tile, dx).permute(0, 3, 5, 1, 2, 4).reshape(b * k, dx, hb, nbt * tile)[..., :wb]
+    cover_r = 2.0 - (ub % nh == 0).to(work)
+    cover_c = 2.0 - (torch.arange(wb, device=dev) % nw == 0).to(work)
+    z = z / (cover_r[:, None] * cover_c[None, :])
+    out = F.pixel_shuffle(z, stride)[..., pt : pt + h, pl : pl + w]
     return out.reshape(b, k * c, h, w).to(out_dtype)
