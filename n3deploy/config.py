@@ -66,7 +66,13 @@ class N3NetConfig:
 
     @classmethod
     def tiny(cls, channels: int = 1) -> "N3NetConfig":
-        """A small N3Net that trains on 2 CPU cores: same structure, narrower and shallower."""
+        """A small N3Net that trains on 2 CPU cores: same structure, narrower and shallower.
+
+        3 DnCNN blocks (32 features, depth 5) and 2 N3 blocks (16-feature embedding, k=4).
+        The search window is 7x7 patches (35 px of patch offsets) instead of 15x15: on CPU the
+        continuous KNN, not the convolutions, dominates a training step, and its cost grows
+        with window^2 (measured ~2-3x faster steps than window 15 at equal width).
+        """
         return cls(
             in_channels=channels,
             out_channels=channels,
@@ -75,6 +81,7 @@ class N3NetConfig:
             embed_features=16,
             embed_depth=3,
             k=4,
+            window=7,
         )
 
     @classmethod

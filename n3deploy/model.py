@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .config import N3NetConfig
 from .knn import get_knn
 
-__all__ = ["N3Net", "DnCNNBlock", "N3Block"]
+__all__ = ["N3Net", "DnCNNBlock", "N3Block", "KNNAggregation"]
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int) -> list[nn.Module]:
@@ -56,6 +56,28 @@ def _small_cnn(cin: int, cout: int, features: int, depth: int, kernel: int) -> n
     return nn.Sequential(*layers)
 
 
+class KNNAggregation(nn.Module):
+    """The non-local part of an N3 block: patch distances, continuous k-NN weights, aggregation.
+
+    ``forward(x, embed, log_temp)``: ``B x C x H x W``, ``B x E x H x W``, ``B x 1 x H x W``
+    -> ``B x (k*C) x H x W`` (neighbour images ``z_1..z_k``). ``impl`` selects the
+    implementation (``static`` or ``reference``, see :mod:`n3deploy.knn`).
+    """
+
+    def __init__(self, config: N3NetConfig, impl: str = "static") -> None:
+        super().__init__()
+        get_knn(impl)
+        self.impl = impl
+        self.distance_bn = nn.BatchNorm1d(1)
+        self.options = dict(
+            k=config.k, patch_size=config.patch_size, stride=config.stride, window=config.window,
+            temp_bias=config.temp_bias,
+        )
+
+    def forward(self, x: Tensor, embed: Tensor, log_temp: Tensor) -> Tensor:
+        return get_knn(self.impl)(x, embed, log_temp, self.distance_bn, **self.options)
+
+
 class N3Block(nn.Module):
     """Neural nearest neighbours block: ``B x C x H x W -> B x C*(k+1) x H x W``.
 
@@ -68,17 +90,13 @@ class N3Block(nn.Module):
         cfg = config
         self.embedcnn = _small_cnn(channels, cfg.embed_channels, cfg.embed_features, cfg.embed_depth, cfg.kernel_size)
         self.tempcnn = _small_cnn(channels, 1, cfg.embed_features, cfg.embed_depth, cfg.kernel_size)
-        self.distance_bn = nn.BatchNorm1d(1)
-        self.knn = knn
-        self._knn_args = dict(
-            k=cfg.k, patch_size=cfg.patch_size, stride=cfg.stride, window=cfg.window, temp_bias=cfg.temp_bias
-        )
+        self.aggregation = KNNAggregation(cfg, knn)
         self.k = cfg.k
 
     def forward(self, y: Tensor) -> Tensor:
         embed = self.embedcnn(y)
         log_temp = self.tempcnn(y)
-        z = get_knn(self.knn)(y, embed, log_temp, self.distance_bn, **self._knn_args)
+        z = self.aggregation(y, embed, log_temp)
         b, c, h, w = y.shape
         diff = z.reshape(b, self.k, c, h, w) - y[:, None]
         return torch.cat([y, diff.reshape(b, self.k * c, h, w)], dim=1)
@@ -110,13 +128,13 @@ class N3Net(nn.Module):
 
     @property
     def knn(self) -> str:
-        return self.nls[0].knn
+        return self.nls[0].aggregation.impl
 
     def set_knn(self, name: str) -> "N3Net":
         """Switch every N3 block to the KNN implementation ``name``; returns ``self``."""
         get_knn(name)
         for block in self.nls:
-            block.knn = name
+            block.aggregation.impl = name
         return self
 
     def forward(self, x: Tensor) -> Tensor:

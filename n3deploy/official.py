@@ -8,7 +8,7 @@ Layout differences handled here (see ``official_n3net_state_dict.txt``):
 
 * ``blocks.N.bn1.*`` exist in the checkpoints but the authors' forward never applies them:
   they are checked and dropped.
-* ``nls.N.n3aggregation.aggregation.nnn.bn.*`` is our ``nls.N.distance_bn.*``.
+* ``nls.N.n3aggregation.aggregation.nnn.bn.*`` is our ``nls.N.aggregation.distance_bn.*``.
 * the checkpoints have no ``num_batches_tracked`` buffers.
 * about 180k weights are subnormal float32; they are flushed to zero (outputs unchanged, CPU
   convolutions up to ~100x faster).
@@ -31,7 +31,7 @@ __all__ = ["load_official", "official_state_dict_to_ours", "OFFICIAL_CONFIG"]
 
 OFFICIAL_CONFIG = N3NetConfig.paper()
 _DIST_BN_OFFICIAL = "n3aggregation.aggregation.nnn.bn."
-_DIST_BN_OURS = "distance_bn."
+_DIST_BN_OURS = "aggregation.distance_bn."
 
 
 def _official_layout(config: N3NetConfig) -> dict[str, tuple[int, ...]]:

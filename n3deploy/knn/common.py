@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["pad_amounts", "window_start", "log1mexp", "scaled_logits", "TINY"]
+__all__ = ["pad_amounts", "window_start", "log1mexp", "selection_rounds", "distance_logits", "TINY", "SOFTMAX_FLOOR"]
 
 # Smallest positive normal float32: log(TINY) = -87.3 stands in for log(0).
 TINY = 1.1754943508222875e-38
+# Logits further than this below their row's maximum are raised to it (weights < e^-80).
+SOFTMAX_FLOOR = 80.0
 
 
 def pad_amounts(size: int, patch: int, stride: int) -> tuple[int, int]:
@@ -32,40 +34,68 @@ def window_start(index: Tensor, n: int, window: int) -> Tensor:
     return (index - window // 2).clamp(min=0, max=max(n - window, 0))
 
 
-def log1mexp(w: Tensor) -> Tensor:
+def log1mexp(w: Tensor, exp_w: Tensor | None = None) -> Tensor:
     """``log(1 - exp(w))`` for ``w <= 0``, accurate everywhere and without branches.
 
     Uses ``1 - exp(w) = -tanh(w/2) * (1 + exp(w))``: no cancellation near ``w = 0`` (where
     ``1 - exp(w)`` loses all digits) and no ``Where``/boolean indexing, so it exports to plain
     ONNX ops (Tanh, Exp, Mul, Max, Log). ``log(0)`` at ``w = 0`` is clamped to ``log(TINY)``.
+    ``exp_w`` may pass ``exp(w)`` when the caller already has it.
     """
-    return torch.log((-torch.tanh(0.5 * w) * (1.0 + torch.exp(w))).clamp_min(TINY))
+    if exp_w is None:
+        exp_w = torch.exp(w)
+    return torch.log((-torch.tanh(0.5 * w) * (1.0 + exp_w)).clamp_min(TINY))
 
 
-def scaled_logits(neg_dist: Tensor, bn: torch.nn.BatchNorm1d, temperature: Tensor, valid: Tensor | None = None) -> Tensor:
-    """Distance batch-norm then temperature: ``bn(-D) / T`` (the authors' order).
+def selection_rounds(logits: Tensor, k: int) -> list[Tensor]:
+    """The k rounds of continuous nearest-neighbour selection over the last dimension.
 
-    ``neg_dist``: negated distances, any shape; ``temperature`` broadcasts against it.
+    Round r: ``w = log_softmax(logits)``, weights ``exp(w)``, then ``logits += log(1 - exp(w))``.
+    Before each softmax, logits more than ``SOFTMAX_FLOOR`` below their row's maximum are raised
+    to that floor: their weights (< e^-80, about 1e-35) stay negligible, and every ``exp`` stays
+    in the normal float range (CPUs run exponentials of subnormal results ~15x slower).
+    Returns k tensors shaped like ``logits``.
+    """
+    weights = []
+    for r in range(k):
+        # The floor applies to this round's softmax only: the carried logits keep their values.
+        floored = torch.maximum(logits, logits.amax(-1, keepdim=True) - SOFTMAX_FLOOR)
+        logw = torch.log_softmax(floored, dim=-1)
+        p = torch.exp(logw)
+        weights.append(p)
+        if r + 1 < k:
+            logits = logits + log1mexp(logw, p)
+    return weights
+
+
+def distance_logits(dist: Tensor, bn: torch.nn.BatchNorm1d, temperature: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Logits ``bn(-dist) / T`` (the authors' order: batch-norm on negated distances, then temperature).
+
+    ``dist``: distances, any shape; ``temperature`` broadcasts against it (one per query).
     ``valid`` (bool, broadcastable) marks real candidates; in training mode the batch
     statistics are taken over those alone and the running statistics updated as
-    ``nn.BatchNorm1d`` would. In eval mode this is exactly ``bn`` with running statistics.
+    ``nn.BatchNorm1d`` would. In eval mode this is exactly ``bn`` with running statistics,
+    computed as one fused multiply-add per element.
     """
     if bn.training:
+        neg = dist.neg()
         if valid is None:
-            valid = torch.ones_like(neg_dist, dtype=torch.bool)
-        valid = valid.expand_as(neg_dist)
+            valid = torch.ones_like(neg, dtype=torch.bool)
+        valid = valid.expand_as(neg)
         count = valid.sum()
-        vals = torch.where(valid, neg_dist, torch.zeros_like(neg_dist))
-        mean = vals.sum() / count
-        var = (torch.where(valid, neg_dist - mean, torch.zeros_like(neg_dist)) ** 2).sum() / count
+        zeros = torch.zeros_like(neg)
+        mean = torch.where(valid, neg, zeros).sum() / count
+        var = (torch.where(valid, neg - mean, zeros) ** 2).sum() / count
         with torch.no_grad():
             m = bn.momentum if bn.momentum is not None else 0.1
             bn.running_mean.mul_(1 - m).add_(m * mean.detach())
-            bn.running_var.mul_(1 - m).add_(m * var.detach() * count / max(int(count) - 1, 1))
+            bn.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1).clamp_min(1))
             bn.num_batches_tracked.add_(1)
     else:
         mean, var = bn.running_mean, bn.running_var
-    normed = (neg_dist - mean) * torch.rsqrt(var + bn.eps)
+    scale = torch.rsqrt(var + bn.eps)
+    shift = -mean * scale
     if bn.affine:
-        normed = normed * bn.weight + bn.bias
-    return normed / temperature
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    # bn(-d) / T = shift/T - d * scale/T
+    return torch.addcmul(shift / temperature, dist, scale / temperature, value=-1.0)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import log1mexp, pad_amounts, scaled_logits, window_start
+from .common import distance_logits, pad_amounts, selection_rounds, window_start
 
 __all__ = ["neighbour_index", "knn_aggregate_reference"]
 
@@ -77,13 +77,8 @@ def knn_aggregate_reference(
         q = epat[:, start : start + chunk]  # B x M x E
         cand = epat[:, idx]  # B x M x O x E
         dist = e_sq[:, idx] + (q**2).sum(-1, keepdim=True) - 2 * torch.einsum("bme,bmoe->bmo", q, cand)
-        logits = scaled_logits(-dist, distance_bn, temp[:, start : start + chunk, None])
-        weights = []
-        for _ in range(k):
-            logw = F.log_softmax(logits, dim=-1)
-            weights.append(logw.exp())
-            logits = logits + log1mexp(logw)
-        wts = torch.stack(weights, dim=2)  # B x M x k x O
+        logits = distance_logits(dist, distance_bn, temp[:, start : start + chunk, None])
+        wts = torch.stack(selection_rounds(logits, k), dim=2)  # B x M x k x O
         outs.append(torch.einsum("bmko,bmof->bmkf", wts, xpat[:, idx]))  # B x M x k x F
     z = torch.cat(outs, dim=1)  # B x N x k x F
     z = z.permute(0, 2, 3, 1).reshape(b * k, c * patch_size * patch_size, nh * nw)

@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import log1mexp, pad_amounts, scaled_logits, window_start
+from .common import distance_logits, pad_amounts, selection_rounds, window_start
 
 __all__ = ["knn_aggregate_static", "DEFAULT_TILE"]
 
-DEFAULT_TILE = 16
+DEFAULT_TILE = 8
 DEFAULT_GROUP = 4
-MASKED_LOGIT = -1.0e30
+MASKED_LOGIT = -1.0e30  # finite, never -inf: masked slots end up with weights < 1e-35
 _OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
@@ -90,6 +90,8 @@ def knn_aggregate_static(
     """
     if patch_size != 2 * stride:
         raise ValueError("the static KNN needs patch_size == 2 * stride")
+    if (window + 1) % group:
+        raise ValueError(f"group must divide window + 1 = {window + 1}, got {group}")
     out_dtype = x.dtype
     work = torch.promote_types(x.dtype, torch.float32)
     x, embed, log_temp = x.to(work), embed.to(work), log_temp.to(work)
@@ -121,104 +123,104 @@ def knn_aggregate_static(
     valid = (cand_row < nh)[:, None, :, None] & (cand_col < nw)[None, :, None, :]
     valid = valid & ~((cand_row == i[:, None])[:, None, :, None] & (cand_col == jq[:, None])[None, :, None, :])
 
-    # ------------------------------------------------ distances, slot by slot
+    # ---------------------------------------------------- block Gram matrices
+    # Patch dot products are sums of four block dot products. Every block row ub is matched
+    # against block rows start(ub) + alpha (alpha < W + 1) in batched matmuls: queries in
+    # tiles of T patch columns (T + 1 block columns), candidates in a span of T + W block
+    # columns shared by the tile.
     ntile = (nw + tile - 1) // tile
     nwq = ntile * tile
-    span = tile + nwin - 1
-    tstart = window_start(torch.arange(ntile, device=dev) * tile, nw, nwin)  # ntile
-    span_cols = tstart[:, None] + torch.arange(span + 1, device=dev)  # ntile x (span+1)
-    jt = torch.arange(nwq, device=dev).reshape(ntile, tile)
-    # Where query column j's window sits inside its tile's span: ntile x T x W.
-    in_span = (window_start(jt, nw, nwin) - tstart[:, None])[..., None] + slots
-    in_span = in_span.clamp(max=span - 1)
-
-    queries = torch.cat(
-        [F.pad(be[:, di : di + nh, dj : dj + nw], (0, 0, 0, nwq - nw)) for di, dj in _OFFSETS], dim=-2
-    )  # B x nh x 4*nwq x De, offset-major along columns
-    queries = queries.reshape(b, nh, 4, ntile, tile, de).transpose(2, 3).reshape(b, nh, ntile, 4 * tile, de)
-    q_sq = F.pad(psq, (0, nwq - nw)).reshape(b, nh, ntile, tile, 1)
+    span = tile + nwin - 1  # candidate patch columns per tile
+    ub = torch.arange(hb, device=dev)
+    alpha = torch.arange(nwin + 1, device=dev)
+    brow = window_start(ub, nh, nwin)[:, None] + alpha  # hb x (W+1): block-row window
+    tfirst = torch.arange(ntile, device=dev) * tile
+    tstart = window_start(tfirst, nw, nwin)  # ntile: first candidate patch column
+    qcols = (tfirst[:, None] + torch.arange(tile + 1, device=dev)).clamp(max=wb - 1)  # ntile x (T+1)
+    ccols = (tstart[:, None] + torch.arange(span + 1, device=dev)).clamp(max=wb - 1)  # ntile x (span+1)
+    qblocks = be.index_select(2, qcols.reshape(-1)).reshape(b, hb, ntile, tile + 1, de)
     be_flat = be.reshape(b, hb * wb, de)
-    psq_flat = psq.reshape(b, nh * nw, 1)
-    psq_cols = span_cols[:, :span].clamp(max=nw - 1)
-
-    def block_gram(alpha: int) -> Tensor:
-        """Query blocks x candidate blocks of block-row slot alpha: B x nh x ntile x 4T x (span+1)."""
-        rows = (row_start + alpha).clamp(max=hb - 1)
-        cand = _span_gather(be_flat, rows, span_cols.clamp(max=wb - 1), wb)
-        return torch.matmul(queries, cand.transpose(-1, -2))
-
-    dist_slots = []
-    gram_next = block_gram(0)
-    for a in range(nwin):
-        gram, gram_next = gram_next, block_gram(a + 1)
-        g = (
-            gram[..., 0 * tile : 1 * tile, :span]
-            + gram[..., 1 * tile : 2 * tile, 1:]
-            + gram_next[..., 2 * tile : 3 * tile, :span]
-            + gram_next[..., 3 * tile : 4 * tile, 1:]
-        )  # B x nh x ntile x T x span
-        rows = (row_start + a).clamp(max=nh - 1)
-        c_sq = _span_gather(psq_flat, rows, psq_cols, nw).squeeze(-1)[..., None, :]  # B x nh x ntile x 1 x span
-        dist = q_sq + c_sq - 2.0 * g
-        index = in_span[None, None].expand(b, nh, ntile, tile, nwin)
-        dist_slots.append(torch.gather(dist, -1, index))  # B x nh x ntile x T x W(b)
-    dist = torch.stack(dist_slots, dim=-2).reshape(b, nh, nwq, nwin, nwin)[:, :, :nw]
+    ngroup = (nwin + 1) // group
+    grams = []
+    for g in range(ngroup):
+        rows = brow[:, g * group : (g + 1) * group].clamp(max=hb - 1)  # hb x G
+        idx = (rows[:, None, :, None] * wb + ccols[None, :, None, :]).reshape(-1)
+        cand = be_flat.index_select(1, idx).reshape(b, hb, ntile, group * (span + 1), de)
+        grams.append(torch.matmul(qblocks, cand.transpose(-1, -2)))  # B x hb x ntile x (T+1) x G*(span+1)
+    gram = torch.cat(grams, dim=-1).reshape(b, hb, ntile, tile + 1, nwin + 1, span + 1)
+    # Column offset d_j: query block column jj + d_j against candidate column m + d_j.
+    gram = gram[:, :, :, :tile, :, :span] + gram[:, :, :, 1:, :, 1:]  # B x hb x ntile x T x (W+1) x span
+    # Row offset d_i: patch row i uses block row i (slot a) and block row i + 1 (slot a, or
+    # a + 1 where the window is clamped: start(i+1) == start(i)).
+    shift = (window_start(ub[1:] - 1, nh, nwin) + 1 - window_start(ub[1:], nh, nwin)) == 1  # nh
+    lower = torch.where(shift[:, None, None, None, None], gram[:, 1:, :, :, 1:], gram[:, 1:, :, :, :nwin])
+    gram = gram[:, :nh, :, :, :nwin] + lower  # B x nh x ntile x T x W(a) x span
+    # Into slot form: query column j's window starts at start(j) - tstart inside its tile's span.
+    jt = torch.arange(nwq, device=dev).reshape(ntile, tile)
+    in_span = ((window_start(jt, nw, nwin) - tstart[:, None])[..., None] + slots).clamp(max=span - 1)
+    index = in_span[None, None, :, :, None, :].expand(b, nh, ntile, tile, nwin, nwin)
+    gram = torch.gather(gram, -1, index).reshape(b, nh, nwq, nwin, nwin)[:, :, :nw]
+    cand_sq_idx = (cand_row[:, None, :, None] * nw + cand_col[None, :, None, :]).clamp(max=nh * nw - 1)
+    cand_sq = psq.reshape(b, nh * nw).index_select(1, cand_sq_idx.reshape(-1)).reshape(b, nh, nw, nwin, nwin)
+    dist = psq[..., None, None] + cand_sq - 2.0 * gram  # B x nh x nw x W x W
 
     # ------------------------------------------------------- softmax rounds
-    scaled = scaled_logits(-dist, distance_bn, temp[..., None, None], valid[None])
-    lg = torch.where(valid[None], scaled, MASKED_LOGIT).reshape(b, nh, nw, nwin * nwin)
-    weights = []
-    for _ in range(k):
-        logw = F.log_softmax(lg, dim=-1)
-        weights.append(logw.exp())
-        lg = lg + log1mexp(logw)
-    wts = torch.stack(weights, dim=1).reshape(b, k, nh, nw, nwin, nwin)
+    logits = distance_logits(dist, distance_bn, temp[..., None, None], valid[None])
+    logits = torch.where(valid[None], logits, MASKED_LOGIT).reshape(b, nh, nw, nwin * nwin)
+    weights = selection_rounds(logits, k)
+
+    # B x nh x nw x W*W x k -> weights matrix B x (nh*W + 1) x (nw*W*k): rows (q_i, a),
+    # columns (q_j, b, r), one zero row at the end for out-of-range lookups.
+    wts = torch.stack(weights, dim=-1).reshape(b, nh, nw, nwin, nwin, k).permute(0, 1, 3, 2, 4, 5)
+    wmat = F.pad(wts.reshape(b, nh * nwin, nw * nwin * k), (0, 0, 0, 1))
 
     # -------------------------------------- fold the weights onto the block grid
-    # Output block u = (ui, uj) sums the patches u - d (d in {0,1}^2) that cover it, so its
-    # value is a weighted sum of input blocks in a (W+1) x (W+1) window starting at
-    # (start(ui), start(uj)); patch q = u - d's slot (a, b) is block row start(q_i) + a + d_i,
-    # i.e. block slot alpha = start(q_i) + a + d_i - start(ui) (same for columns). The folded
-    # weights are gathered straight into the banded layout the matmuls want: block rows by
-    # slot alpha, block columns by tiles of T with a span of T + W columns.
-    nbt = (wb + tile - 1) // tile
-    bspan = tile + nwin
-    ub = torch.arange(hb, device=dev)
-    vt = torch.arange(nbt * tile, device=dev).reshape(nbt, tile)
-    bstart = window_start(vt[:, 0], nw, nwin)  # nbt
-    alpha = torch.arange(nwin + 1, device=dev)
-    m = torch.arange(bspan, device=dev)
-    # Weights as B x k x (nh*W + 1) x (nw*W + 1): rows (q_i, a), columns (q_j, b), a zero last row/column.
-    wmat = F.pad(wts.permute(0, 1, 2, 4, 3, 5).reshape(b, k, nh * nwin, nw * nwin), (0, 1, 0, 1))
-    fw = None
+    # Output block u = (ui, uj) averages the patches u - d (d in {0,1}^2) covering it, so it is
+    # a weighted sum of input blocks in a (W+1) x (W+1) block window starting at
+    # (start(ui), start(uj)). Patch q = u - d's slot (a, b) is block slot
+    # (start(q_i) + a + d_i - start(ui), start(q_j) + b + d_j - start(uj)): the same slot inside
+    # the grid, one further at the clamped borders. Rows are folded by one gather, columns by
+    # shifted pads, and the result is gathered into the banded layout the matmuls want:
+    # block rows by slot alpha, block columns in tiles of T with a span of T + W columns.
+    vb = torch.arange(wb, device=dev)
+    wrow = None
     for d in (0, 1):
         qi = ub[:, None] - d
         a = window_start(ub, nh, nwin)[:, None] + alpha - d - window_start(qi, nh, nwin)
         ok = (qi >= 0) & (qi < nh) & (a >= 0) & (a < nwin)
         rows = torch.where(ok, qi * nwin + a, nh * nwin).reshape(-1)  # hb*(W+1)
-        wrow = wmat.index_select(2, rows)  # B x k x hb*(W+1) x (nw*W + 1)
-        for e in (0, 1):
-            qj = vt[..., None] - e
-            bb = bstart[:, None, None] + m - e - window_start(qj, nw, nwin)
-            ok = (qj >= 0) & (qj < nw) & (bb >= 0) & (bb < nwin)
-            cols = torch.where(ok, qj * nwin + bb, nw * nwin).reshape(-1)  # nbt*T*bspan
-            part = wrow.index_select(3, cols)
-            fw = part if fw is None else fw + part
-    # B x k x hb x (W+1) x nbt x T x bspan -> B x hb x nbt x k*T x (W+1)*bspan
-    fw = fw.reshape(b, k, hb, nwin + 1, nbt, tile, bspan).permute(0, 2, 4, 1, 5, 3, 6)
-    fw = fw.reshape(b, hb, nbt, k * tile, (nwin + 1) * bspan)
+        part = wmat.index_select(1, rows)
+        wrow = part if wrow is None else wrow + part
+    wrow = wrow.reshape(b, hb * (nwin + 1), nw, nwin, k)
+    same = F.pad(wrow, (0, 0, 0, 1, 0, 1))  # d_j = 0: q_j = uj, beta = b
+    left = F.pad(wrow, (0, 0, 0, 1, 1, 0))  # d_j = 1, inside: q_j = uj - 1, beta = b
+    left_shifted = F.pad(wrow, (0, 0, 1, 0, 1, 0))  # d_j = 1, clamped border: beta = b + 1
+    shift_col = (window_start(vb - 1, nw, nwin) + 1 - window_start(vb, nw, nwin)) == 1  # wb
+    folded = same + torch.where(shift_col[:, None, None], left_shifted, left)  # B x hb*(W+1) x wb x (W+1) x k
+
+    nbt = (wb + tile - 1) // tile
+    bspan = tile + nwin
+    m = torch.arange(bspan, device=dev)
+    vt = torch.arange(nbt * tile, device=dev).reshape(nbt, tile)
+    bstart = window_start(vt[:, 0], nw, nwin)  # nbt
+    beta = bstart[:, None, None] + m - window_start(vt, nw, nwin)[..., None]  # nbt x T x bspan
+    ok = (beta >= 0) & (beta <= nwin) & (vt < wb)[..., None]
+    cols = torch.where(ok, vt[..., None] * (nwin + 1) + beta, wb * (nwin + 1)).reshape(-1)
+    folded = F.pad(folded.reshape(b * hb * (nwin + 1), wb * (nwin + 1), k), (0, 0, 0, 1))
+    fw = folded.index_select(1, cols)  # B*hb*(W+1) x nbt*T*bspan x k
+    # -> B x hb x nbt x groups x k*T x G*bspan: one contiguous matrix per (block row, tile, group)
+    fw = fw.reshape(b, hb, ngroup, group, nbt, tile, bspan, k).permute(0, 1, 4, 2, 7, 5, 3, 6)
+    fw = fw.reshape(b, hb, nbt, ngroup, k * tile, group * bspan)
 
     # -------------------------------- aggregation: groups of block-row slots per matmul
     bx_flat = bx.reshape(b, hb * wb, dx)
     bcols = (bstart[:, None] + m).clamp(max=wb - 1)  # nbt x bspan
-    brow = window_start(ub, nh, nwin)[:, None] + alpha  # hb x (W+1)
     z = None
-    for g0 in range(0, nwin + 1, group):
-        g1 = min(g0 + group, nwin + 1)
-        rows = brow[:, g0:g1].clamp(max=hb - 1)  # hb x G
+    for g in range(ngroup):
+        rows = brow[:, g * group : (g + 1) * group].clamp(max=hb - 1)  # hb x G
         idx = (rows[:, None, :, None] * wb + bcols[None, :, None, :]).reshape(-1)
-        cand = bx_flat.index_select(1, idx).reshape(b, hb, nbt, (g1 - g0) * bspan, dx)
-        part = torch.matmul(fw[..., g0 * bspan : g1 * bspan], cand)  # B x hb x nbt x kT x Dx
+        cand = bx_flat.index_select(1, idx).reshape(b, hb, nbt, group * bspan, dx)
+        part = torch.matmul(fw[:, :, :, g], cand)  # B x hb x nbt x kT x Dx
         z = part if z is None else z + part
     # B x hb x nbt x k x T x Dx -> B*k x Dx x hb x wb, divided by the patches covering each block
     z = z.reshape(b, hb, nbt, k, tile, dx).permute(0, 3, 5, 1, 2, 4).reshape(b * k, dx, hb, nbt * tile)[..., :wb]

@@ -1,0 +1,121 @@
+"""The inference API's ``tensorrt`` backend: a TensorRT plan (or an ONNX file built once via the engine cache).
+
+Implements the Backend interface of :mod:`n3deploy.backends.base` (``name``, ``precision``,
+``providers``, ``input_shape_limits``, ``metadata``, ``run``). Needs TensorRT >= 10, a CUDA GPU and
+device buffers from PyTorch-with-CUDA or cuda-python; without them construction raises
+:class:`~n3deploy.errors.BackendUnavailableError` naming what is missing. The engine's metadata
+(TensorRT version, GPU, profile) is checked before the plan is deserialized, and every input is
+checked against the profile before it reaches TensorRT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidImageError
+from ..tensorrt.metadata import EngineMetadata
+
+try:  # the Backend base class is written alongside this module; tolerate its absence meanwhile
+    from .base import Backend as _BackendBase  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - only while n3deploy/backends/base.py does not exist
+    _BackendBase = object  # type: ignore[misc,assignment]
+
+__all__ = ["TensorRTBackend", "decode_onnx_metadata", "load_tensorrt_backend"]
+
+
+def decode_onnx_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """ONNX ``metadata_props`` are strings; decode JSON values (``"25"`` -> 25, ``'{"k": 7}'`` -> dict)."""
+    decoded: dict[str, Any] = {}
+    for key, value in props.items():
+        try:
+            decoded[key] = json.loads(value)
+        except (TypeError, ValueError):
+            decoded[key] = value
+    return decoded
+
+
+class TensorRTBackend(_BackendBase):  # type: ignore[misc]
+    """Runs a TensorRT plan; ``run`` maps float32 B×C×H×W to float32 B×C×H×W."""
+
+    name = "tensorrt"
+
+    def __init__(self, plan_path: str | os.PathLike, *, device: int = 0, allow_gpu_model_mismatch: bool = False) -> None:
+        from ..tensorrt.runner import TensorRTEngine  # noqa: PLC0415 - imports tensorrt lazily
+
+        self._engine = TensorRTEngine(plan_path, device=device, allow_gpu_model_mismatch=allow_gpu_model_mismatch)
+        self.model_path = Path(plan_path)
+
+    @classmethod
+    def from_onnx(cls, onnx_path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, device: int = 0,
+                  **spec_overrides: Any) -> "TensorRTBackend":
+        """Build (once, in ``cache_dir``) or reuse an engine for ``onnx_path``, then load it.
+
+        ``cache_dir`` defaults to ``$N3DEPLOY_ENGINE_CACHE`` or ``~/.cache/n3deploy/engines``;
+        ``spec_overrides`` are ``resolve_spec`` keywords (``min_shape``, ``max_shape``, ...).
+        """
+        from ..tensorrt.cache import EngineCache  # noqa: PLC0415
+        from ..tensorrt.env import current_runtime_info  # noqa: PLC0415
+
+        directory = Path(cache_dir or os.environ.get("N3DEPLOY_ENGINE_CACHE") or Path.home() / ".cache" / "n3deploy" / "engines")
+        plan = EngineCache(directory).get_or_build(onnx_path, spec_overrides, runtime=current_runtime_info(device))
+        return cls(plan, device=device)
+
+    # -- Backend interface -------------------------------------------------------------------------
+    @property
+    def engine_metadata(self) -> EngineMetadata:
+        return self._engine.metadata
+
+    @property
+    def precision(self) -> str:
+        return self.engine_metadata.precision
+
+    @property
+    def providers(self) -> list[str]:
+        meta = self.engine_metadata
+        return [f"TensorRT {meta.tensorrt_version} ({meta.gpu_name}, buffers via {self._engine.buffer_source})"]
+
+    @property
+    def input_shape_limits(self) -> dict[str, tuple[int, ...]]:
+        """``{"min", "opt", "max"}`` NCHW shapes the engine accepts (all equal for a fixed-shape engine)."""
+        return self.engine_metadata.input_shape_limits()
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The exporter's ONNX metadata (``sigma``, ``config``, ...) decoded, plus ``engine`` facts."""
+        meta = self.engine_metadata
+        data = decode_onnx_metadata(meta.onnx_metadata)
+        data["engine"] = {
+            "plan": str(self.model_path),
+            "tensorrt_version": meta.tensorrt_version,
+            "gpu_name": meta.gpu_name,
+            "compute_capability": meta.compute_capability,
+            "precision": meta.precision,
+            "onnx_sha256": meta.onnx_sha256,
+            "profile": None if meta.profile is None else meta.profile.to_dict(),
+        }
+        return data
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Denoise a float32 B×C×H×W batch inside the engine's profile (else EngineMismatchError with a fix)."""
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            raise InvalidImageError(f"expected a float32 B×C×H×W numpy array, got {getattr(x, 'shape', type(x))}")
+        if x.dtype != np.float32:
+            raise InvalidImageError(f"expected float32 input, got {x.dtype}")
+        return self._engine.infer(x)
+
+    def __repr__(self) -> str:
+        return f"TensorRTBackend({str(self.model_path)!r}, precision={self.precision!r})"
+
+
+def load_tensorrt_backend(model_path: str | os.PathLike, **kwargs: Any) -> TensorRTBackend:
+    """``.plan``/``.engine`` -> load it; ``.onnx`` -> build or reuse a cached engine, then load it."""
+    path = Path(model_path)
+    if path.suffix.lower() == ".onnx":
+        return TensorRTBackend.from_onnx(path, **kwargs)
+    return TensorRTBackend(path, **kwargs)
+

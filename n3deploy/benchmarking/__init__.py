@@ -1,0 +1,1 @@
+"""Measurement helpers shared by ``runtime/bench.py`` and ``n3deploy bench``."""
