@@ -204,6 +204,34 @@ def test_resume_is_bit_identical(image_dir, tmp_path):
     assert [h["lr"] for h in ha] == [h["lr"] for h in hb]
 
 
+def test_sigint_stops_between_steps_and_resumes_exactly(image_dir, tmp_path, monkeypatch):
+    """SIGINT during step 2 finishes that step, checkpoints, returns; --resume matches a clean run."""
+    import signal
+
+    from n3deploy.training import trainer
+
+    full = cfg_for(image_dir, tmp_path / "full", steps=3, val_every=10)
+    train(full, progress=False)
+
+    calls = []
+
+    def rng_then_sigint(seed, step, rank=0):
+        calls.append(step)
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)
+        return step_rng(seed, step, rank)
+
+    cfg = cfg_for(image_dir, tmp_path / "stopped", steps=3, val_every=10)
+    monkeypatch.setattr(trainer, "step_rng", rng_then_sigint)
+    result = train(cfg, progress=False)
+    monkeypatch.undo()
+    assert result["step"] == 2 and not result["finished"] and calls == [0, 1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    train(cfg, resume=True, progress=False)
+    a, b = weights(full.out / LAST_FILE), weights(cfg.out / LAST_FILE)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_changed_settings(image_dir, tmp_path):
     cfg = cfg_for(image_dir, tmp_path / "run", steps=4, stop_after=3, decay_fraction=0.5, val_every=3)
     train(cfg, progress=False)

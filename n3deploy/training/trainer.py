@@ -41,7 +41,7 @@ BEST_FILE = "best.safetensors"
 HISTORY_FILE = "history.json"
 CURVE_FILE = "training_curve.png"
 _STATE_VERSION = 1
-_EMA = 0.98  # smoothing of the running loss/PSNR shown in the progress bar
+_EMA = 0.9  # smoothing of the running loss/PSNR shown in the progress bar (~10 steps)
 
 
 class TrainResult(dict):
@@ -228,7 +228,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
         return wall_before + time.perf_counter() - start_time
 
     def checkpoint(val_psnr: float | None) -> None:
-        nonlocal best_psnr
+        nonlocal best_psnr, saved_step
+        saved_step = step
         if not info.is_main:
             return
         meta = {**meta_base, "step": step, "wall_seconds": round(wall(), 1), "val_psnr": val_psnr}
@@ -259,8 +260,16 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     ema_loss = history[-1]["train_loss_ema"] if history else None
     last_val: float | None = None
+    saved_step = step  # the step of the state on disk
+    stop = _StopRequest()
+    interrupted = False
     try:
         while step < end_step:
+            if broadcast_flag(stop.requested, info, device):
+                interrupted = True
+                if saved_step != step:
+                    checkpoint(None)
+                break
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -304,13 +313,12 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
                 if last_val is not None:
                     post["val"] = f"{last_val:.2f}"
                 bar.set_postfix(post)
-    except KeyboardInterrupt:
-        if step > start_step:
-            checkpoint(None)  # resumable; the interrupted step was not applied
-        raise
     finally:
+        stop.restore()
         if bar is not None:
             bar.close()
+    if interrupted and info.is_main:
+        print(f"stopped by signal at step {step}; continue with --resume", file=sys.stderr)
 
     in_sync = replicas_in_sync(model, info, device)
     if not in_sync:
@@ -335,6 +343,42 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
     )
 
 
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps (never mid-update).
+
+    The run then checkpoints and returns, resumable with ``--resume``. A second signal
+    restores the default behaviour (Ctrl-C twice aborts at once).
+    """
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.requested:
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.requested = True
+        print("\nstopping after this step (signal again to abort now)", file=sys.stderr)
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 def _sigma_text(cfg: TrainConfig) -> str:
     return f"{cfg.sigma_range[0]:g}-{cfg.sigma_range[1]:g}" if cfg.blind else f"{cfg.sigma:g}"
 
@@ -342,4 +386,15 @@ def _sigma_text(cfg: TrainConfig) -> str:
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
+    return f"{_cpu_name()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
