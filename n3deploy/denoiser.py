@@ -1,0 +1,181 @@
+"""The embedded inference API: ``Denoiser(model_path).denoise(image)``.
+
+Takes numpy images as applications have them (``H x W`` or ``H x W x C``; uint8, uint16 or
+float32 in [0, 1]; a list or an ``N x H x W (x C)`` array for a batch) and returns the same
+shape and dtype. Any size: small images are mirror-padded, large ones denoised in blended
+overlapping tiles (see :mod:`n3deploy.tiling`). Given an ``.onnx`` graph or a TensorRT plan
+it needs neither PyTorch nor any other part of the training stack.
+
+Threads: one ``Denoiser`` may be shared by several threads. ONNX Runtime and PyTorch
+backends run concurrent calls in parallel (their ``run`` is thread-safe); TensorRT calls are
+serialised by a lock held per ``Denoiser`` (one execution context). For parallel TensorRT
+inference create one ``Denoiser`` per thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InvalidImageError
+from .tiling import TilePlan, run_tiled
+
+__all__ = ["Denoiser", "DEFAULT_TILE", "DEFAULT_OVERLAP"]
+
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 64
+MIN_SIZE = 15  # N3Net needs two patches along each axis
+_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def _config_channels(metadata: dict[str, Any]) -> int:
+    config = metadata.get("config", {})
+    if isinstance(config, str):
+        config = json.loads(config)
+    return int(config.get("in_channels", 1))
+
+
+class Denoiser:
+    """Denoise images with an N3Net checkpoint, ONNX graph or TensorRT plan.
+
+    Args:
+        model_path: ``.safetensors`` checkpoint, ``.onnx`` graph or ``.plan``/``.engine``;
+            ``None`` uses the model shipped with n3deploy (:func:`n3deploy.default_model_path`).
+        backend: ``auto`` (TensorRT plan on a GPU, else ONNX Runtime with the best provider
+            that works, else torch), ``torch``, ``onnxruntime`` or ``tensorrt``.
+        tile: tile side in px for large images (default 512, or the graph's fixed shape).
+        overlap: px shared by neighbouring tiles, blended linearly (default 64).
+        device: ``cpu``/``cuda`` (backend-specific; ``None`` chooses).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        backend: str = "auto",
+        tile: int | None = None,
+        overlap: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        from .backends import load_backend
+
+        if model_path is None:
+            from .assets import default_model_path
+
+            model_path = default_model_path()
+        self.model_path = Path(model_path)
+        self._backend = load_backend(self.model_path, backend=backend, device=device)
+        self.metadata: dict[str, Any] = dict(getattr(self._backend, "metadata", {}) or {})
+        self.channels = _config_channels(self.metadata)
+        self.sigma = self.metadata.get("sigma")
+        self._lock = threading.Lock() if self.backend == "tensorrt" else None
+        self.plan = self._tile_plan(tile, overlap)
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs: ``torch``, ``onnxruntime`` or ``tensorrt``."""
+        return self._backend.name
+
+    @property
+    def providers(self) -> list[str]:
+        return list(getattr(self._backend, "providers", []) or [])
+
+    def _tile_plan(self, tile: int | None, overlap: int | None) -> TilePlan:
+        fixed = getattr(self._backend, "fixed_hw", None)
+        if fixed:
+            if tile is not None and (tile, tile) != tuple(fixed):
+                raise ValueError(f"this graph has a fixed input of {fixed[0]}x{fixed[1]}: tile must be left unset")
+            ov = overlap if overlap is not None else min(DEFAULT_OVERLAP, min(fixed) // 4)
+            return TilePlan(tile=tuple(fixed), overlap=ov, min_size=MIN_SIZE, fixed=True)
+        side = tile if tile is not None else DEFAULT_TILE
+        max_hw = getattr(self._backend, "max_hw", None)
+        if max_hw:
+            side = min(side, *max_hw)
+        if side < 2 * MIN_SIZE:
+            raise ValueError(f"tile must be at least {2 * MIN_SIZE} px, got {side}")
+        ov = overlap if overlap is not None else min(DEFAULT_OVERLAP, side // 4)
+        min_hw = getattr(self._backend, "min_hw", None)
+        return TilePlan(tile=(side, side), overlap=ov, min_size=max(MIN_SIZE, *(min_hw or (0,))))
+
+    # ------------------------------------------------------------------ public
+    def denoise(self, image: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+        """Denoise one image (``H x W`` / ``H x W x C``), a list, or an ``N x H x W (x C)`` batch.
+
+        3-D arrays are one ``H x W x C`` image when the last axis has 1, 3 or 4 entries, else a
+        batch ``N x H x W``. Returns the same shape and dtype. Raises
+        :class:`~n3deploy.errors.InvalidImageError` (a ``ValueError``) on unusable input.
+        """
+        if isinstance(image, (list, tuple)):
+            return [self.denoise(im) for im in image]
+        if not isinstance(image, np.ndarray):
+            raise InvalidImageError(f"expected a numpy array or a list of them, got {type(image).__name__}")
+        if image.ndim == 4 or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
+            return np.stack([self._denoise_one(im) for im in image]) if len(image) else self._reject_empty(image)
+        return self._denoise_one(image)
+
+    __call__ = denoise
+
+    # ----------------------------------------------------------------- private
+    @staticmethod
+    def _reject_empty(image: np.ndarray):
+        raise InvalidImageError(f"empty image of shape {image.shape}")
+
+    def _denoise_one(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim not in (2, 3):
+            raise InvalidImageError(f"expected H x W or H x W x C, got an array of shape {image.shape}")
+        if image.size == 0:
+            self._reject_empty(image)
+        dtype = image.dtype
+        if dtype in _SCALES:
+            x = image.astype(np.float32) / _SCALES[dtype]
+        elif dtype == np.float32:
+            if not np.isfinite(image).all():
+                raise InvalidImageError("image contains NaN or Inf values")
+            if image.min() < 0.0 or image.max() > 1.0:
+                raise InvalidImageError(
+                    f"float32 images must lie in [0, 1], got values in [{image.min():.3g}, {image.max():.3g}]"
+                )
+            x = image
+        else:
+            raise InvalidImageError(f"unsupported dtype {dtype}: use uint8, uint16 or float32 in [0, 1]")
+        planes = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)  # C x H x W
+        n = planes.shape[0]
+        if n not in (1, 3, 4):
+            raise InvalidImageError(f"images need 1, 3 or 4 channels (gray, RGB, RGBA), got {n}")
+        alpha = None
+        if n == 4:
+            planes, alpha = planes[:3], planes[3]
+        if self.channels == 1:
+            batch = planes[:, None]  # each channel denoised on its own: C x 1 x H x W
+        elif planes.shape[0] == self.channels:
+            batch = planes[None]
+        else:
+            raise InvalidImageError(
+                f"this model denoises {self.channels}-channel images; got {planes.shape[0]} channel(s)"
+            )
+        out = self._run(np.ascontiguousarray(batch, dtype=np.float32))
+        out = out.reshape(-1, *out.shape[-2:])  # C x H x W
+        if alpha is not None:
+            out = np.concatenate([out, alpha[None]], axis=0)
+        out = np.clip(out, 0.0, 1.0)
+        result = out[0] if image.ndim == 2 else np.moveaxis(out, 0, -1)
+        if dtype in _SCALES:
+            return np.rint(result * _SCALES[dtype]).astype(dtype)
+        return result.astype(np.float32, copy=False)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        def run(x: np.ndarray) -> np.ndarray:
+            # one sample at a time: graphs and engines may have a fixed batch of 1
+            return np.concatenate([self._backend.run(x[i : i + 1]) for i in range(x.shape[0])])
+
+        if self._lock is None:
+            return run_tiled(run, batch, self.plan)
+        with self._lock:
+            return run_tiled(run, batch, self.plan)
+
+    def __repr__(self) -> str:
+        return f"Denoiser({str(self.model_path)!r}, backend={self.backend!r}, tile={self.plan.tile}, overlap={self.plan.overlap})"
