@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .perf import tune_cpu_allocator
+
+    tune_cpu_allocator()  # our own process: reuse large blocks instead of page-faulting (see perf.py)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -69,7 +69,7 @@ ALLOWED_OPS: frozenset[str] = frozenset(
         "Tile", "Pad", "Gather", "GatherElements", "GatherND", "DepthToSpace", "SpaceToDepth",
         "AveragePool", "MaxPool",
         # shapes, constants, types
-        "Shape", "Size", "Range", "ConstantOfShape", "Constant", "Identity", "Cast", "CastLike",
+        "Shape", "Size", "Range", "ConstantOfShape", "Constant", "Identity", "Cast",
     }
 )
 
@@ -88,6 +88,7 @@ FORBIDDEN_OPS: dict[str, str] = {
     "SequenceConstruct": "sequence types are not supported by TensorRT",
     "SplitToSequence": "sequence types are not supported by TensorRT",
     "ConcatFromSequence": "sequence types are not supported by TensorRT",
+    "CastLike": "not in onnx-tensorrt's operator table; the exporter lowers it to Cast",
 }
 
 # Inputs (by position) TensorRT needs as constants (initializers).
