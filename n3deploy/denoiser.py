@@ -70,7 +70,8 @@ class Denoiser:
         self.model_path = Path(model_path)
         self._backend = load_backend(self.model_path, backend=backend, device=device)
         self.metadata: dict[str, Any] = dict(getattr(self._backend, "metadata", {}) or {})
-        self.channels = _config_channels(self.metadata)
+        limits = self._backend.input_shape_limits
+        self.channels = int(getattr(limits, "channels", None) or _config_channels(self.metadata))
         self.sigma = self.metadata.get("sigma")
         self._lock = threading.Lock() if self.backend == "tensorrt" else None
         self.plan = self._tile_plan(tile, overlap)
@@ -85,21 +86,21 @@ class Denoiser:
         return list(getattr(self._backend, "providers", []) or [])
 
     def _tile_plan(self, tile: int | None, overlap: int | None) -> TilePlan:
-        fixed = getattr(self._backend, "fixed_hw", None)
+        limits = self._backend.input_shape_limits
+        fixed = None if getattr(limits, "is_dynamic", True) else (limits.height, limits.width)
         if fixed:
             if tile is not None and (tile, tile) != tuple(fixed):
                 raise ValueError(f"this graph has a fixed input of {fixed[0]}x{fixed[1]}: tile must be left unset")
             ov = overlap if overlap is not None else min(DEFAULT_OVERLAP, min(fixed) // 4)
             return TilePlan(tile=tuple(fixed), overlap=ov, min_size=MIN_SIZE, fixed=True)
         side = tile if tile is not None else DEFAULT_TILE
-        max_hw = getattr(self._backend, "max_hw", None)
-        if max_hw:
-            side = min(side, *max_hw)
+        for bound in (getattr(limits, "max_height", None), getattr(limits, "max_width", None)):
+            if bound:
+                side = min(side, bound)
         if side < 2 * MIN_SIZE:
             raise ValueError(f"tile must be at least {2 * MIN_SIZE} px, got {side}")
         ov = overlap if overlap is not None else min(DEFAULT_OVERLAP, side // 4)
-        min_hw = getattr(self._backend, "min_hw", None)
-        return TilePlan(tile=(side, side), overlap=ov, min_size=max(MIN_SIZE, *(min_hw or (0,))))
+        return TilePlan(tile=(side, side), overlap=ov, min_size=max(MIN_SIZE, getattr(limits, "min_size", 1)))
 
     # ------------------------------------------------------------------ public
     def denoise(self, image: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:

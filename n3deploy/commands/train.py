@@ -13,8 +13,8 @@ examples:
   # blind model (sigma drawn from [0, 55] per patch), validated at sigma 25 on Set12
   n3deploy train --data data/train400 --val data/set12 --sigma-range 0 55 --out runs/blind
 
-  # continue a stopped run exactly where it stopped (same settings; --steps may change
-  # only before the final learning-rate decay starts, e.g. to extend a run)
+  # continue a stopped run exactly where it stopped (same settings; --steps and
+  # --decay-fraction may change before the final learning-rate decay starts, e.g. to extend a run)
   n3deploy train --data data/train400 --val-split 8 --out runs/tiny25 --resume
 
   # data-parallel: 2 processes (gloo on CPU, NCCL with --device cuda)

@@ -228,9 +228,16 @@ def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(vi.name, TensorProto.DataType.Name(tt.elem_type), dims)
 
 
-def node_part(node: onnx.NodeProto) -> str:
+def node_scope(node: onnx.NodeProto) -> str:
     """The module scope the exporter put in front of a node name (``nls.0.aggregation/...``)."""
-    return node.name.split("/", 1)[0] if "/" in node.name else "(graph)"
+    return node.name.split("/", 1)[0] if "/" in node.name else "(unnamed)"
+
+
+def node_part(node: onnx.NodeProto) -> str:
+    """The part of the network a node belongs to, for reports: a DnCNN block (``blocks.1``), or a
+    piece of an N3 block (``nls.0.embedcnn``, ``nls.0.tempcnn``, ``nls.0.aggregation``, ``nls.0``)."""
+    parts = node_scope(node).split(".")
+    return ".".join(parts[: 3 if parts[0] == "nls" else 2])
 
 
 def _precision_by_part(model: onnx.ModelProto) -> list[PartPrecision]:

@@ -90,8 +90,8 @@ def knn_aggregate_static(
     """
     if patch_size != 2 * stride:
         raise ValueError("the static KNN needs patch_size == 2 * stride")
-    if (window + 1) % group:
-        raise ValueError(f"group must divide window + 1 = {window + 1}, got {group}")
+    # slots are contracted in equal groups: the largest divisor of window + 1 not above `group`
+    group = max(g for g in range(1, min(group, window + 1) + 1) if (window + 1) % g == 0)
     out_dtype = x.dtype
     work = torch.promote_types(x.dtype, torch.float32)
     x, embed, log_temp = x.to(work), embed.to(work), log_temp.to(work)

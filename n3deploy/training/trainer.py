@@ -98,22 +98,24 @@ def _save_state(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+#: Schedule settings that may change on resume while the learning rate of every step already
+#: taken stays the same (i.e. before the final decay starts): extend or shorten a run.
+SCHEDULE_FIELDS = ("steps", "decay_fraction")
+
+
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, step: int) -> None:
     """Refuse settings that would make the resumed run differ from an uninterrupted one."""
     now = cfg.to_dict()
-    diffs = [
-        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
-        for k in now
-        if k not in (*TrainConfig.RESUME_FREE, "steps") and saved.get(k) != now[k]
-    ]
-    if saved.get("steps") != cfg.steps:
-        old = TrainConfig(**{**saved, "data": cfg.data, "out": cfg.out, "val": cfg.val,
-                             "sigma_range": cfg.sigma_range})
-        limit = min(decay_start(old), decay_start(cfg))
-        if step > limit:
+    free = (*TrainConfig.RESUME_FREE, *SCHEDULE_FIELDS)
+    diffs = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in free and saved.get(k) != now[k]]
+    changed = [k for k in SCHEDULE_FIELDS if saved.get(k) != now[k]]
+    if changed and not diffs:
+        old = TrainConfig(**{**saved, "data": cfg.data, "out": cfg.out, "val": cfg.val, "sigma_range": cfg.sigma_range})
+        if any(learning_rate(old, s) != learning_rate(cfg, s) for s in range(step)):
+            limit = min(decay_start(old), decay_start(cfg))
             diffs.append(
-                f"steps: {saved.get('steps')} -> {cfg.steps} (allowed only before the learning-rate "
-                f"decay starts, step {limit}; this run is at step {step})"
+                f"{', '.join(changed)}: may change only before the learning-rate decay starts "
+                f"(step {limit} here; this run is at step {step})"
             )
     if diffs:
         raise N3DeployError(

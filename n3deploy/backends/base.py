@@ -1,0 +1,127 @@
+"""The interface every inference backend implements (PyTorch, ONNX Runtime, TensorRT).
+
+A :class:`Backend` maps a float32 ``B x C x H x W`` numpy array in [0, 1] (noisy) to a float32
+``B x C x H x W`` array (denoised) and describes itself: ``name``, ``precision``, the execution
+``providers`` actually in use, the ``input_shape_limits`` it accepts and the model ``metadata``
+(``config``, ``sigma``, ...). Plain numpy: importing this module needs neither torch nor onnx.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import InvalidImageError
+
+__all__ = ["Backend", "InputShapeLimits"]
+
+
+@dataclass(frozen=True)
+class InputShapeLimits:
+    """What ``Backend.run`` accepts. ``None`` means "any" (dynamic) for that dimension.
+
+    ``batch``: fixed batch of the graph (inputs whose batch is a multiple are run in chunks) or
+    ``None``; ``height``/``width``: fixed size or ``None``; a dynamic size must lie in
+    ``[min_size, max_height]`` x ``[min_size, max_width]`` (maxima ``None``: unbounded).
+    """
+
+    channels: int
+    batch: Optional[int] = None
+    height: Optional[int] = None
+    width: Optional[int] = None
+    min_size: int = 1
+    max_height: Optional[int] = None
+    max_width: Optional[int] = None
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.height is None or self.width is None
+
+    def describe(self) -> str:
+        b = "B" if self.batch is None else str(self.batch)
+        if not self.is_dynamic:
+            return f"{b}x{self.channels}x{self.height}x{self.width} (fixed)"
+        hi = f"{self.max_height or 'inf'}x{self.max_width or 'inf'}"
+        return f"{b}x{self.channels}xHxW with {self.min_size}x{self.min_size} <= HxW <= {hi}"
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        """Raise :class:`InvalidImageError` (saying what to do) if ``shape`` is not accepted."""
+        if len(shape) != 4:
+            raise InvalidImageError(f"expected a B x C x H x W array, got shape {tuple(shape)}")
+        b, c, h, w = shape
+        if c != self.channels:
+            raise InvalidImageError(f"the model takes {self.channels}-channel images, got {c} channels (shape {tuple(shape)})")
+        if self.batch is not None and (b < 1 or b % self.batch):
+            raise InvalidImageError(f"the graph's batch is fixed at {self.batch}; got batch {b}")
+        if self.height is not None and (h, w) != (self.height, self.width):
+            raise InvalidImageError(
+                f"this graph was exported for {self.height}x{self.width} images, got {h}x{w}: export a dynamic "
+                "graph (`n3deploy export` without --height/--width) or use the tiling Denoiser"
+            )
+        if min(h, w) < self.min_size:
+            raise InvalidImageError(f"images must be at least {self.min_size}x{self.min_size} pixels, got {h}x{w}")
+        if (self.max_height and h > self.max_height) or (self.max_width and w > self.max_width):
+            raise InvalidImageError(
+                f"{h}x{w} exceeds the graph's declared maximum {self.max_height}x{self.max_width}: "
+                "tile the image or re-export with larger --max-height/--max-width"
+            )
+
+
+class Backend(abc.ABC):
+    """A loaded model that denoises ``B x C x H x W`` float32 batches.
+
+    Subclasses implement :meth:`run` (usually by validating with :meth:`check_input` and
+    calling their engine) and the descriptive properties.
+    """
+
+    name: str = "backend"
+    model_path: Optional[Path] = None
+
+    @property
+    @abc.abstractmethod
+    def precision(self) -> str:
+        """``"fp32"``, ``"fp16"`` or ``"mixed-fp16"`` (FP16 graph with FP32 islands)."""
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers / devices actually in use."""
+        return []
+
+    @property
+    @abc.abstractmethod
+    def input_shape_limits(self) -> Any:
+        """An :class:`InputShapeLimits` (what :meth:`run` accepts)."""
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Model metadata: ``config`` (dict), ``sigma`` (float or None), ..."""
+        return {}
+
+    @abc.abstractmethod
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Denoise ``x`` (float32 ``B x C x H x W``, values in [0, 1]) -> float32 ``B x C x H x W``."""
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Validate ``x`` (type, dtype, shape limits, finiteness); returns it C-contiguous."""
+        if not isinstance(x, np.ndarray):
+            raise InvalidImageError(f"expected a numpy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise InvalidImageError(f"expected float32 input, got {x.dtype} (convert with x.astype(np.float32))")
+        if x.size == 0:
+            raise InvalidImageError(f"empty input of shape {x.shape}")
+        limits = self.input_shape_limits
+        if isinstance(limits, InputShapeLimits):
+            limits.check(x.shape)
+        elif x.ndim != 4:
+            raise InvalidImageError(f"expected a B x C x H x W array, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise InvalidImageError("the input contains NaN or Inf values")
+        return np.ascontiguousarray(x)
+
+    def __repr__(self) -> str:
+        where = f"{str(self.model_path)!r}, " if self.model_path else ""
+        return f"{type(self).__name__}({where}precision={self.precision!r}, providers={self.providers})"

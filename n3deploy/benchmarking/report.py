@@ -1,0 +1,251 @@
+"""Render a benchmark results document (see :mod:`.suite`) to ``BENCHMARKS.md`` and two PNG plots.
+
+Every number in the Markdown comes from the JSON document: regenerate instead of editing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render_markdown", "write_plots", "write_report"]
+
+
+def _fmt(value: Any, spec: str = ".3f", none: str = "–") -> str:
+    return none if value is None else format(value, spec)
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "**met**", False: "**not met**", None: "not measured"}[met]
+
+
+def _labels(doc: dict[str, Any]) -> dict[str, str]:
+    return {b["name"]: b["label"] for b in doc["backends"]}
+
+
+def _machine_section(doc: dict[str, Any]) -> list[str]:
+    m, s, load = doc["machine"], doc["settings"], doc.get("load", {})
+    pause = doc.get("pause", {})
+    lines = [
+        "## Machine and settings",
+        "",
+        f"- CPU: {m['cpu']} — {m['logical_cores']} logical / {m.get('physical_cores')} physical cores, "
+        f"{m['memory_gb']} GiB RAM; GPU: {m.get('gpu') or 'none'}",
+        f"- OS: {m['os']}; Python {m['python']}; torch {m['torch']}; onnxruntime {m.get('onnxruntime') or 'not installed'} "
+        f"(providers: {', '.join(m.get('ort_providers') or []) or '–'}); TensorRT {m.get('tensorrt') or 'not installed'}",
+        f"- Threads: {m['threads']} (torch `set_num_threads`, ORT `intra_op_num_threads`)",
+        f"- Allocator: {m['allocator']}; took effect: {m['allocator_tuned']}",
+        f"- Model: `{s['preset']}` preset, random weights (seed {s['seed']}), batch 1, "
+        f"{doc['config']['in_channels']} channel(s)",
+        f"- Timing: median of up to {s['repeats']} runs after {s['warmup']} warm-up run(s) "
+        f"(fewer repeats where one run is long: about {s['max_job_s']:.0f} s per backend and size); "
+        "each backend and size in a fresh subprocess; peak RSS is that process's `ru_maxrss` "
+        "(includes interpreter and library imports; the RSS before the first run is listed as base)",
+        f"- Quiet machine: process {pause.get('pid')} paused (SIGSTOP) during all measurements: "
+        f"{pause.get('paused')}; load average at start {_loadavg(load.get('loadavg_start'))}, "
+        f"at end {_loadavg(load.get('loadavg_end'))} (1/5/15 min; the 1-min value decays slowly after pausing); "
+        f"CPU busy in the half second before measuring: {_fmt(load.get('cpu_percent_start'), '.0f')}%",
+        f"- Generated {doc['generated_at']}, total wall time {_fmt(doc.get('total_wall_s'), '.0f')} s",
+        "",
+        "Command:",
+        "",
+        "```",
+        doc["command"] or "(not recorded)",
+        "```",
+        "",
+    ]
+    return lines
+
+
+def _size(wh: Any) -> str:
+    return f"{wh[0]}×{wh[1]}"
+
+
+def _loadavg(value: Any) -> str:
+    return "–" if not value else " / ".join(f"{v:.2f}" for v in value)
+
+
+def _flops_section(doc: dict[str, Any]) -> list[str]:
+    f, peak = doc["flops_per_pixel"], doc.get("matmul_peak", {})
+    return [
+        "## Work per pixel and machine peak",
+        "",
+        "Analytic count (`n3deploy.benchmarking.flops.model_flops_per_pixel`, paper formulation, "
+        "1 multiply-add = 2 FLOPs):",
+        "",
+        "| part | kFLOP / pixel |",
+        "|---|---:|",
+        f"| DnCNN convolutions | {f['dncnn'] / 1e3:.1f} |",
+        f"| embedding + temperature CNNs | {f['embed_temp'] / 1e3:.1f} |",
+        f"| KNN patch distances | {f['knn_distance'] / 1e3:.1f} |",
+        f"| KNN selection (softmax rounds) | {f['knn_selection'] / 1e3:.1f} |",
+        f"| KNN aggregation | {f['knn_aggregation'] / 1e3:.1f} |",
+        f"| **total** | **{f['total'] / 1e3:.1f}** |",
+        "",
+        "GFLOP/s in the tables are this model count divided by the median latency, for every backend "
+        "(the static KNN folds the patch overlap into its weights and performs fewer aggregation "
+        "multiply-adds than the paper formulation counts; the reference KNN performs more work in gathers).",
+        "",
+        f"Measured float32 matmul peak ({peak.get('n')}³ `torch.matmul`, {peak.get('threads')} threads, best of 5): "
+        f"**{_fmt(peak.get('gflops'), '.1f')} GFLOP/s**.",
+        "",
+    ]
+
+
+def _results_section(doc: dict[str, Any]) -> list[str]:
+    labels = _labels(doc)
+    peak = doc.get("matmul_peak", {}).get("gflops")
+    lines = [
+        "## Latency, throughput and memory",
+        "",
+        "| backend | size (W×H) | MP | median s | runs | MP/s | GFLOP/s | % of matmul peak | peak RSS MB | base RSS MB | GPU MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    skipped = []
+    for r in doc["results"]:
+        size = f"{r['width']}×{r['height']}"
+        if r["status"] != "ok":
+            skipped.append(f"- {labels.get(r['backend'], r['backend'])} at {size}: {r['status']} — {r['note']}")
+            continue
+        share = _fmt(100 * r["gflops"] / peak, ".0f") if peak else "–"
+        lines.append(
+            f"| {labels.get(r['backend'], r['backend'])} | {size} | {r['megapixels']:.3f} | {r['median_s']:.3f} | "
+            f"{r['repeats']} | {r['mpix_per_s']:.3f} | {r['gflops']:.1f} | {share} | {r['peak_rss_mb']:.0f} | "
+            f"{_fmt(r['base_rss_mb'], '.0f')} | {_fmt(r['gpu_mem_mb'], '.0f')} |"
+        )
+    lines.append("")
+    unavailable = [b for b in doc["backends"] if not b["available"]]
+    if unavailable:
+        lines += ["Unavailable backends:", ""]
+        lines += [f"- {b['label']} (`{b['name']}`): {b['reason']}" for b in unavailable]
+        lines.append("")
+    skipped = [s for s in skipped if "unavailable (" not in s]
+    if skipped:
+        lines += ["Skipped or failed:", "", *skipped, ""]
+    lines += [
+        "![time vs megapixels](docs/bench_time.png)",
+        "",
+        "![peak RSS vs megapixels](docs/bench_memory.png)",
+        "",
+    ]
+    return lines
+
+
+def _breakdown_section(doc: dict[str, Any]) -> list[str]:
+    bd = doc.get("breakdown") or {}
+    if not bd:
+        return []
+    lines = [
+        f"## Where the PyTorch forward pass spends its time ({_size(doc['settings']['breakdown_size'])})",
+        "",
+        "`n3deploy.benchmarking.breakdown.forward_breakdown` (hooks around every `KNNAggregation`), "
+        f"`{doc['settings']['preset']}` preset, median of {doc['settings']['breakdown_repeats']} runs after 1 warm-up "
+        "(static first, then reference, in one fresh process):",
+        "",
+        "| KNN | total s | non-local s | non-local share | CNN s | process peak RSS so far MB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for knn in ("static", "reference"):
+        r = bd.get(knn)
+        if not r:
+            continue
+        if not r.get("ok"):
+            lines.append(f"| {knn} | failed: {r.get('error')} | | | | |")
+            continue
+        lines.append(
+            f"| {knn} | {r['total_s']:.3f} | {r['nonlocal_s']:.3f} | {100 * r['nonlocal_share']:.1f}% | "
+            f"{r['cnn_s']:.3f} | {r['peak_rss_mb']:.0f} |"
+        )
+    lines.append("")
+    if "speedup_total" in bd:
+        lines += [
+            f"Static vs reference KNN: **{bd['speedup_total']:.1f}× faster forward pass**, "
+            f"{bd['speedup_nonlocal']:.1f}× faster non-local part.",
+            "",
+        ]
+    return lines
+
+
+def _criteria_section(doc: dict[str, Any]) -> list[str]:
+    c = doc.get("criteria") or {}
+    lines = ["## Acceptance bars", ""]
+    rss = c.get("ort_rss_scaling", {})
+    detail = f"ratio {rss['ratio']:.2f}" if "ratio" in rss else rss.get("reason", "")
+    lines.append(f"- {rss.get('bar', 'ORT RSS scaling')}: {_verdict(rss.get('met'))} ({detail})")
+    eff = c.get("cpu_efficiency", {})
+    if "fraction" in eff:
+        detail = (f"{eff['backend']}: {eff['gflops']:.1f} of {eff['peak_gflops']:.1f} GFLOP/s = "
+                  f"{100 * eff['fraction']:.0f}%")
+    else:
+        detail = eff.get("reason", "")
+    lines.append(f"- {eff.get('bar', 'CPU efficiency')}: {_verdict(eff.get('met'))} ({detail})")
+    ovt = c.get("ort_vs_torch_static")
+    if ovt:
+        lines.append(f"- ONNX Runtime CPU FP32 vs PyTorch static at {ovt['size']}: {ovt['speedup']:.2f}× "
+                     "(> 1: ONNX Runtime faster)")
+    lines.append("")
+    return lines
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """The whole ``BENCHMARKS.md`` text for a results document."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated from the JSON results by `n3deploy.benchmarking.report` (command below); do not edit by hand.",
+        "",
+    ]
+    lines += _machine_section(doc)
+    lines += _criteria_section(doc)
+    lines += _breakdown_section(doc)
+    lines += _results_section(doc)
+    lines += _flops_section(doc)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_plots(doc: dict[str, Any], plots_dir: Path) -> list[Path]:
+    """``bench_time.png`` and ``bench_memory.png``: time and peak RSS vs megapixels per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    labels = _labels(doc)
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in doc["results"]:
+        if r["status"] == "ok":
+            series.setdefault(r["backend"], []).append(r)
+    paths = []
+    for key, ylabel, name in (("median_s", "median latency (s)", "bench_time.png"),
+                              ("peak_rss_mb", "peak RSS (MB)", "bench_memory.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for backend, rows in series.items():
+            rows = sorted(rows, key=lambda r: r["megapixels"])
+            ax.plot([r["megapixels"] for r in rows], [r[key] for r in rows], marker="o", label=labels.get(backend, backend))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("image size (megapixels)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"N3Net {doc['settings']['preset']}, {doc['machine']['threads']} threads, {doc['machine']['cpu']}")
+        ax.grid(True, which="both", alpha=0.3)
+        if series:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = plots_dir / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(doc: dict[str, Any], markdown_path: Path, plots_dir: Path) -> list[Path]:
+    """Write the Markdown and both plots; image links are relative to the Markdown file."""
+    paths = write_plots(doc, plots_dir)
+    text = render_markdown(doc)
+    rel = os.path.relpath(plots_dir, markdown_path.parent).replace(os.sep, "/")
+    text = text.replace("](docs/", f"]({rel}/")
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text(text)
+    return [markdown_path, *paths]

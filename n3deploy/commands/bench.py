@@ -1,0 +1,106 @@
+"""``n3deploy bench``: latency, throughput, memory and FLOP efficiency of every available backend."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["register", "add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options shared by ``n3deploy bench`` and ``runtime/bench.py``."""
+    p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="model preset (random weights)")
+    p.add_argument("--sizes", nargs="+", metavar="WxH",
+                   help="image sizes, width x height (default: 256x256 481x321 1024x1024 1920x1080 3840x2160; "
+                        "sizes predicted not to fit in memory are skipped)")
+    p.add_argument("--backends", nargs="+", metavar="NAME",
+                   help="subset of: torch-static torch-reference ort-cpu-fp32 ort-cpu-fp16 ort-cuda-fp32 "
+                        "ort-cuda-fp16 tensorrt-fp16 (default: all; unavailable ones are reported as such)")
+    p.add_argument("--quick", action="store_true", help="short run: 256x256 and 481x321, 2 repeats, 1 breakdown repeat")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per backend and size (default 5, --quick 2)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up runs before timing (default 1)")
+    p.add_argument("--max-job-s", type=float, default=90.0,
+                   help="cut repeats so one backend and size takes about this long (default 90)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument("--reference-all-sizes", action="store_true",
+                   help="also time the slow reference KNN above 481x321")
+    p.add_argument("--no-breakdown", action="store_true", help="skip the non-local vs CNN breakdown at 481x321")
+    p.add_argument("--breakdown-repeats", type=int, default=None, help="timed runs of the breakdown (default 3)")
+    p.add_argument("--breakdown-size", default="481x321", metavar="WxH", help="size of the breakdown (default 481x321)")
+    p.add_argument("--matmul-n", type=int, default=2048, help="matrix size of the matmul peak measurement (default 2048)")
+    p.add_argument("--budget-s", type=float, default=0.0, help="skip jobs predicted to overrun this total time")
+    p.add_argument("--pause-pid", type=int, default=None,
+                   help="SIGSTOP this process (e.g. a training run) while measuring; always SIGCONT afterwards")
+    p.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="results file")
+    p.add_argument("--from-json", action="store_true", help="do not measure: render --json's existing results")
+    p.add_argument("--write-benchmarks", action="store_true", help="also write BENCHMARKS.md and the PNG plots")
+    p.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"), help="Markdown report path")
+    p.add_argument("--plots-dir", type=Path, default=Path("docs"), help="folder for bench_time.png / bench_memory.png")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark every available backend: latency, MP/s, peak RSS, GFLOP/s vs matmul peak",
+        description=(
+            "Benchmark N3Net on every available backend (PyTorch static/reference KNN, ONNX Runtime "
+            "FP32/FP16 on CPU/CUDA, TensorRT FP16) and image size, each in a fresh process. Writes "
+            "JSON results; --write-benchmarks regenerates BENCHMARKS.md and docs/bench_*.png.\n\n"
+            "examples:\n"
+            "  n3deploy bench --quick\n"
+            "  n3deploy bench --pause-pid $(cat runs/default/pid) --write-benchmarks\n"
+            "  n3deploy bench --from-json --write-benchmarks"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=run, prog_name="n3deploy bench")
+
+
+def settings_from_args(args: argparse.Namespace, command: str):
+    from ..benchmarking.suite import BACKENDS, DEFAULT_SIZES, QUICK_SIZES, BenchSettings, parse_size
+
+    sizes = tuple(parse_size(s) for s in args.sizes) if args.sizes else (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    settings = BenchSettings(
+        preset=args.preset,
+        sizes=sizes,
+        backends=tuple(args.backends) if args.backends else tuple(BACKENDS),
+        repeats=args.repeats if args.repeats is not None else (2 if args.quick else 5),
+        warmup=args.warmup,
+        max_job_s=args.max_job_s,
+        threads=args.threads,
+        breakdown=not args.no_breakdown,
+        breakdown_repeats=args.breakdown_repeats if args.breakdown_repeats is not None else (1 if args.quick else 3),
+        breakdown_size=parse_size(args.breakdown_size),
+        matmul_n=args.matmul_n,
+        budget_s=args.budget_s,
+        pause_pid=args.pause_pid,
+        command=command,
+    )
+    if args.reference_all_sizes:
+        settings.reference_max_pixels = 1 << 62
+    return settings
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    import json
+
+    from ..benchmarking.report import write_report
+    from ..benchmarking.suite import command_line, run_suite
+
+    if args.from_json:
+        doc = json.loads(args.json.read_text())
+    else:
+        argv = sys.argv[1:] if argv is None else argv
+        prog = getattr(args, "prog_name", "n3deploy bench")
+        if prog == "n3deploy bench" and argv[:1] == ["bench"]:
+            argv = argv[1:]
+        settings = settings_from_args(args, command_line(prog, argv))
+        doc = run_suite(settings, json_path=args.json)
+        print(f"results: {args.json}")
+    if args.write_benchmarks:
+        for path in write_report(doc, args.markdown, args.plots_dir):
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,87 @@
+"""``n3deploy parity``: the same noisy images through every backend, one table, non-zero on failure."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DESCRIPTION = """\
+Check that exported models compute what the PyTorch model computes. The images of --images get
+Gaussian noise of --sigma (the evaluation protocol: image i uses default_rng([seed, i]), noisy not
+clipped) and go through PyTorch FP32 (the reference), ONNX Runtime FP32 (--onnx), ONNX Runtime on
+the mixed FP16 graph (--onnx-fp16) and TensorRT (--engine, GPU machines) via polygraphy's runners
+and Comparator. The table shows, per backend: max/mean abs error vs the reference, PSNR against
+the clean images (outputs clipped to [0, 1]), ΔPSNR vs the reference and the NaN/Inf count.
+
+Exits with 1 when a tolerance is exceeded: FP32 max abs error > --fp32-atol (1e-4), FP16 |ΔPSNR|
+> --fp16-dpsnr (0.02 dB) or any NaN/Inf. Fixed-size graphs get center crops of the images.
+
+examples:
+  n3deploy parity --checkpoint n3net_sigma25.safetensors --onnx model.onnx --images set12/ --sigma 25
+  n3deploy parity --checkpoint M.safetensors --onnx model.onnx --onnx-fp16 model_fp16.onnx \\
+      --engine model_fp16.plan --images set12/ --json parity.json
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "parity",
+        help="compare PyTorch, ONNX Runtime (FP32/FP16) and TensorRT outputs on noisy images",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="the .safetensors checkpoint (reference, PyTorch FP32)")
+    p.add_argument("--onnx", type=Path, default=None, help="FP32 ONNX graph")
+    p.add_argument("--onnx-fp16", type=Path, default=None, help="mixed-precision FP16 ONNX graph")
+    p.add_argument("--engine", type=Path, default=None, help="TensorRT plan (.plan/.engine); needs TensorRT and a GPU")
+    p.add_argument("--images", type=Path, required=True, help="folder of clean test images")
+    p.add_argument("--sigma", type=float, default=None, help="noise level, 0-255 scale (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--device", default="cpu", help="device for PyTorch and ONNX Runtime: cpu, cuda[:N], auto (default: cpu)")
+    p.add_argument("--fp32-atol", type=float, default=1e-4, help="FP32 max abs error tolerance (default: 1e-4)")
+    p.add_argument("--fp16-dpsnr", type=float, default=0.02, help="FP16 |ΔPSNR| tolerance in dB (default: 0.02)")
+    p.add_argument("--json", type=Path, default=None, help="also write the full report (per image) as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backends import load_backend
+    from ..errors import N3DeployError
+    from ..parity import Tolerances, load_cases, onnxrt_runner, run_parity
+
+    reference = load_backend(args.checkpoint, "torch", device=args.device)
+    sigma = args.sigma if args.sigma is not None else reference.metadata.get("sigma")
+    if sigma is None:
+        raise N3DeployError(f"{args.checkpoint.name} records no noise level: pass --sigma")
+    others = []
+    for label, path in (("onnxruntime-fp32", args.onnx), ("onnxruntime-fp16", args.onnx_fp16)):
+        if path is not None:
+            others.append((label, onnxrt_runner(load_backend(path, "onnxruntime", device=args.device))))
+    if args.engine is not None:
+        others.append(("tensorrt", _tensorrt_runner(args.engine, args.device)))
+    if not others:
+        raise N3DeployError("nothing to compare: pass --onnx, --onnx-fp16 and/or --engine")
+    cases = load_cases(args.images, float(sigma), reference.input_shape_limits.channels, args.seed, args.limit)
+    report = run_parity(
+        reference, others, cases, sigma=float(sigma), seed=args.seed,
+        tolerances=Tolerances(fp32_max_abs=args.fp32_atol, fp16_delta_psnr=args.fp16_dpsnr),
+    )
+    print(report.format())
+    if args.json is not None:
+        report.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0 if report.ok else 1
+
+
+def _tensorrt_runner(engine: Path, device: str):
+    """Polygraphy's TrtRunner for a plan (after n3deploy's engine metadata checks)."""
+    from ..errors import BackendUnavailableError
+
+    try:
+        from ..tensorrt.runner import polygraphy_trt_runner
+    except ImportError as exc:
+        raise BackendUnavailableError(f"TensorRT parity needs n3deploy's TensorRT support and TensorRT itself ({exc})") from None
+    index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+    runner, meta = polygraphy_trt_runner(engine, device=index, name="tensorrt")
+    return runner, meta.precision, [f"TensorRT {meta.tensorrt_version} ({meta.gpu_name})"]
