@@ -39,6 +39,7 @@ __all__ = [
     "ParityReport",
     "BackendRunner",
     "ParityCase",
+    "RunnerSpec",
     "run_parity",
     "noisy_cases",
     "load_cases",
@@ -64,6 +65,16 @@ class ParityCase:
     name: str
     clean: np.ndarray
     noisy: np.ndarray
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """A ready polygraphy runner plus what the table needs to know about it."""
+
+    runner: Any
+    precision: str
+    providers: list[str]
+    input_shape_limits: Any = None
 
 
 @dataclass
@@ -237,10 +248,10 @@ def _fit(cases: list[ParityCase], size: Optional[tuple[int, int]]) -> list[Parit
     return fitted
 
 
-def _fixed_size(backends: Sequence[Backend]) -> Optional[tuple[int, int]]:
+def _fixed_size(items: Sequence[Any]) -> Optional[tuple[int, int]]:
     sizes = set()
-    for b in backends:
-        limits = b.input_shape_limits
+    for item in items:
+        limits = item.input_shape_limits
         h, w = getattr(limits, "height", None), getattr(limits, "width", None)
         if h is not None and w is not None:
             sizes.add((h, w))
@@ -269,9 +280,10 @@ def run_parity(
 ) -> ParityReport:
     """Run ``cases`` through the reference backend and ``others`` with polygraphy's Comparator.
 
-    ``others``: ``(label, runner_or_backend)`` pairs; a polygraphy runner is used as is (e.g.
-    ``OnnxrtRunner``), an n3deploy Backend is wrapped in :class:`BackendRunner`. Labels must be
-    unique. Images are center-cropped to the size of fixed-size graphs.
+    ``others``: ``(label, item)`` pairs; an item is a :class:`RunnerSpec` (a polygraphy runner such
+    as ``OnnxrtRunner``, see :func:`onnxrt_runner`) or an n3deploy Backend, which is wrapped in
+    :class:`BackendRunner`. Labels must be unique. Images are center-cropped to the size of
+    fixed-size graphs.
     """
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
@@ -279,8 +291,7 @@ def run_parity(
     labels = [reference.name] + [label for label, _ in others]
     if len(set(labels)) != len(labels):
         raise ValueError(f"backend labels must be unique, got {labels}")
-    backends = [reference] + [b for _, b in others if isinstance(b, Backend)]
-    cases = _fit(list(cases), _fixed_size(backends))
+    cases = _fit(list(cases), _fixed_size([reference] + [item for _, item in others]))
     runners = [BackendRunner(reference, reference.name)]
     infos = [BackendParity(reference.name, reference.precision, reference.providers)]
     for label, item in others:
@@ -288,10 +299,9 @@ def run_parity(
             runners.append(BackendRunner(item, label))
             infos.append(BackendParity(label, item.precision, item.providers))
         else:
-            runner, precision, providers = item
-            runner.name = label
-            runners.append(runner)
-            infos.append(BackendParity(label, precision, providers))
+            item.runner.name = label
+            runners.append(item.runner)
+            infos.append(BackendParity(label, item.precision, list(item.providers)))
     feeds = [OrderedDict([(INPUT_NAME, c.noisy[None])]) for c in cases]
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
         results = Comparator.run(runners, data_loader=feeds)
@@ -323,11 +333,12 @@ def run_parity(
     )
 
 
-def onnxrt_runner(backend: Any) -> tuple[Any, str, list[str]]:
-    """Polygraphy's ``OnnxrtRunner`` over an :class:`OnnxRuntimeBackend`'s session, with its precision/providers."""
+def onnxrt_runner(backend: Any) -> RunnerSpec:
+    """Polygraphy's ``OnnxrtRunner`` over an :class:`OnnxRuntimeBackend`'s session (its providers,
+    threads and optimisation level), described by the backend's precision, providers and limits."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    return OnnxrtRunner(backend.session), backend.precision, backend.providers
+    return RunnerSpec(OnnxrtRunner(backend.session), backend.precision, backend.providers, backend.input_shape_limits)
 
 
 def load_cases(images: "str | os.PathLike", sigma: float, channels: int, seed: int = 0, limit: Optional[int] = None) -> list[ParityCase]:

@@ -77,6 +77,7 @@ def test_suite_end_to_end_tiny(tmp_path) -> None:
     settings = BenchSettings(
         preset="tiny", sizes=((32, 32),), backends=("torch-static",), repeats=1, warmup=1,
         breakdown_repeats=1, breakdown_size=(32, 32), matmul_n=128, command="pytest",
+        quiet_wait_s=0.0, contention_retry=1.0,
     )
     json_path = tmp_path / "results.json"
     doc = run_suite(settings, json_path=json_path, log=lambda _msg: None)
@@ -157,3 +158,19 @@ def test_pause_of_a_missing_process_is_harmless() -> None:
     child.wait()
     with paused(child.pid, log=lambda _msg: None) as was_paused:
         assert not was_paused
+
+
+def test_merge_keeps_old_rows_and_replaces_remeasured_ones() -> None:
+    from n3deploy.benchmarking.suite import merge_results
+
+    def row(backend: str, status: str, median: float | None) -> dict:
+        return dict(backend=backend, width=64, height=64, status=status, median_s=median, peak_rss_mb=1.0, gflops=1.0)
+
+    old = {"command": "first", "results": [row("torch-static", "ok", 2.0), row("ort-cpu-fp32", "ok", 1.0)],
+           "breakdown": {"static": {"ok": True}}, "matmul_peak": {"gflops": 90.0}}
+    new = {"command": "second", "results": [row("torch-static", "ok", 1.5), row("ort-cpu-fp32", "failed", None)],
+           "breakdown": {}, "matmul_peak": {"gflops": 100.0}}
+    merged = merge_results(old, new)
+    assert [r["median_s"] for r in merged["results"]] == [1.5, 1.0]
+    assert merged["breakdown"] == old["breakdown"] and merged["commands"] == ["first", "second"]
+    assert merged["matmul_peak"]["gflops"] == 100.0

@@ -25,6 +25,13 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, model_path: "str | os.PathLike", device: Optional[str] = None, *, knn: str = "static") -> None:
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"the torch backend needs PyTorch ({exc}); install n3deploy[torch], or export the model to ONNX "
+                "and use the onnxruntime backend"
+            ) from None
         from ..checkpoint import load_checkpoint
 
         model = load_checkpoint(model_path, knn=knn)

@@ -46,16 +46,26 @@ def _machine_section(doc: dict[str, Any]) -> list[str]:
         f"{pause.get('paused')}; load average at start {_loadavg(load.get('loadavg_start'))}, "
         f"at end {_loadavg(load.get('loadavg_end'))} (1/5/15 min; the 1-min value decays slowly after pausing); "
         f"CPU busy in the half second before measuring: {_fmt(load.get('cpu_percent_start'), '.0f')}%",
+        "- Other load: before each measurement the suite waits (up to "
+        f"{s.get('quiet_wait_s', 0):.0f} s) for the CPU to go idle; the *other load* column is the CPU share "
+        "other processes (e.g. test runs) used during that measurement (system busy time minus the "
+        f"worker's own), and a measurement above {100 * s.get('contention_retry', 0):.0f}% is repeated once, "
+        "keeping the quieter one",
         f"- Generated {doc['generated_at']}, total wall time {_fmt(doc.get('total_wall_s'), '.0f')} s",
         "",
-        "Command:",
+        "Command(s) (a later `--update` run replaces the rows and breakdown it re-measured):" if doc.get("commands")
+        else "Command:",
         "",
         "```",
-        doc["command"] or "(not recorded)",
+        *(doc.get("commands") or [doc["command"] or "(not recorded)"]),
         "```",
         "",
     ]
     return lines
+
+
+def _pct(share: Any) -> str:
+    return "–" if share is None else f"{100 * share:.0f}%"
 
 
 def _size(wh: Any) -> str:
@@ -87,8 +97,10 @@ def _flops_section(doc: dict[str, Any]) -> list[str]:
         "(the static KNN folds the patch overlap into its weights and performs fewer aggregation "
         "multiply-adds than the paper formulation counts; the reference KNN performs more work in gathers).",
         "",
-        f"Measured float32 matmul peak ({peak.get('n')}³ `torch.matmul`, {peak.get('threads')} threads, best of 5): "
-        f"**{_fmt(peak.get('gflops'), '.1f')} GFLOP/s**.",
+        f"Measured float32 matmul peak ({peak.get('n')}³ `torch.matmul`, {peak.get('threads')} threads, best of 10, "
+        "at the start and at the end of the measurements, the higher one): "
+        f"**{_fmt(peak.get('gflops'), '.1f')} GFLOP/s** (start {_fmt(peak.get('start_gflops'), '.1f')}, "
+        f"end {_fmt(peak.get('end_gflops'), '.1f')}).",
         "",
     ]
 
@@ -99,8 +111,8 @@ def _results_section(doc: dict[str, Any]) -> list[str]:
     lines = [
         "## Latency, throughput and memory",
         "",
-        "| backend | size (W×H) | MP | median s | runs | MP/s | GFLOP/s | % of matmul peak | peak RSS MB | base RSS MB | GPU MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | size (W×H) | MP | median s | runs | MP/s | GFLOP/s | % of matmul peak | peak RSS MB | base RSS MB | GPU MB | other load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     skipped = []
     for r in doc["results"]:
@@ -112,7 +124,7 @@ def _results_section(doc: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {labels.get(r['backend'], r['backend'])} | {size} | {r['megapixels']:.3f} | {r['median_s']:.3f} | "
             f"{r['repeats']} | {r['mpix_per_s']:.3f} | {r['gflops']:.1f} | {share} | {r['peak_rss_mb']:.0f} | "
-            f"{_fmt(r['base_rss_mb'], '.0f')} | {_fmt(r['gpu_mem_mb'], '.0f')} |"
+            f"{_fmt(r['base_rss_mb'], '.0f')} | {_fmt(r['gpu_mem_mb'], '.0f')} | {_pct(r.get('foreign_cpu_share'))} |"
         )
     lines.append("")
     unavailable = [b for b in doc["backends"] if not b["available"]]
@@ -158,6 +170,8 @@ def _breakdown_section(doc: dict[str, Any]) -> list[str]:
             f"{r['cnn_s']:.3f} | {r['peak_rss_mb']:.0f} |"
         )
     lines.append("")
+    if bd.get("foreign_cpu_share") is not None:
+        lines += [f"Other processes used {_pct(bd['foreign_cpu_share'])} of the CPU during the breakdown.", ""]
     if "speedup_total" in bd:
         lines += [
             f"Static vs reference KNN: **{bd['speedup_total']:.1f}× faster forward pass**, "

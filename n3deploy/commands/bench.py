@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options shared by ``n3deploy bench`` and ``runtime/bench.py``."""
     p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="model preset (random weights)")
     p.add_argument("--sizes", nargs="+", metavar="WxH",
-                   help="image sizes, width x height (default: 256x256 481x321 1024x1024 1920x1080 3840x2160; "
+                   help="image sizes, width x height, or 'none' (default: 256x256 481x321 1024x1024 1920x1080 3840x2160; "
                         "sizes predicted not to fit in memory are skipped)")
     p.add_argument("--backends", nargs="+", metavar="NAME",
                    help="subset of: torch-static torch-reference ort-cpu-fp32 ort-cpu-fp16 ort-cuda-fp32 "
@@ -31,9 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--breakdown-size", default="481x321", metavar="WxH", help="size of the breakdown (default 481x321)")
     p.add_argument("--matmul-n", type=int, default=2048, help="matrix size of the matmul peak measurement (default 2048)")
     p.add_argument("--budget-s", type=float, default=0.0, help="skip jobs predicted to overrun this total time")
+    p.add_argument("--quiet-wait-s", type=float, default=90.0,
+                   help="before each measurement wait up to this long for other processes to go idle (default 90)")
     p.add_argument("--pause-pid", type=int, default=None,
                    help="SIGSTOP this process (e.g. a training run) while measuring; always SIGCONT afterwards")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="results file")
+    p.add_argument("--update", action="store_true",
+                   help="merge into --json's existing results: re-measured rows and the breakdown replace the old ones")
     p.add_argument("--from-json", action="store_true", help="do not measure: render --json's existing results")
     p.add_argument("--write-benchmarks", action="store_true", help="also write BENCHMARKS.md and the PNG plots")
     p.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"), help="Markdown report path")
@@ -62,7 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace, command: str):
     from ..benchmarking.suite import BACKENDS, DEFAULT_SIZES, QUICK_SIZES, BenchSettings, parse_size
 
-    sizes = tuple(parse_size(s) for s in args.sizes) if args.sizes else (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    if args.sizes == ["none"]:
+        sizes: tuple[tuple[int, int], ...] = ()
+    elif args.sizes:
+        sizes = tuple(parse_size(s) for s in args.sizes)
+    else:
+        sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
     settings = BenchSettings(
         preset=args.preset,
         sizes=sizes,
@@ -76,6 +85,7 @@ def settings_from_args(args: argparse.Namespace, command: str):
         breakdown_size=parse_size(args.breakdown_size),
         matmul_n=args.matmul_n,
         budget_s=args.budget_s,
+        quiet_wait_s=args.quiet_wait_s,
         pause_pid=args.pause_pid,
         command=command,
     )
@@ -88,7 +98,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     import json
 
     from ..benchmarking.report import write_report
-    from ..benchmarking.suite import command_line, run_suite
+    from ..benchmarking.suite import command_line, merge_results, run_suite
 
     if args.from_json:
         doc = json.loads(args.json.read_text())
@@ -98,7 +108,13 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         if prog == "n3deploy bench" and argv[:1] == ["bench"]:
             argv = argv[1:]
         settings = settings_from_args(args, command_line(prog, argv))
-        doc = run_suite(settings, json_path=args.json)
+        if args.update and args.json.exists():
+            old = json.loads(args.json.read_text())
+            doc = merge_results(old, run_suite(settings, json_path=args.json.with_suffix(".partial.json")))
+            args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+            args.json.with_suffix(".partial.json").unlink(missing_ok=True)
+        else:
+            doc = run_suite(settings, json_path=args.json)
         print(f"results: {args.json}")
     if args.write_benchmarks:
         for path in write_report(doc, args.markdown, args.plots_dir):

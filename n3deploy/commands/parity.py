@@ -83,5 +83,14 @@ def _tensorrt_runner(engine: Path, device: str):
     except ImportError as exc:
         raise BackendUnavailableError(f"TensorRT parity needs n3deploy's TensorRT support and TensorRT itself ({exc})") from None
     index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+    from ..parity import RunnerSpec
+
     runner, meta = polygraphy_trt_runner(engine, device=index, name="tensorrt")
-    return runner, meta.precision, [f"TensorRT {meta.tensorrt_version} ({meta.gpu_name})"]
+    shapes = meta.input_shape_limits()  # {"min", "opt", "max"} NCHW
+    fixed = None
+    if shapes and shapes.get("min") == shapes.get("max"):
+        from ..backends.base import InputShapeLimits
+
+        b, c, h, w = shapes["min"]
+        fixed = InputShapeLimits(channels=c, batch=b, height=h, width=w)
+    return RunnerSpec(runner, meta.precision, [f"TensorRT {meta.tensorrt_version} ({meta.gpu_name})"], fixed)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -135,15 +136,18 @@ def convert_to_mixed_fp16(model: onnx.ModelProto, fp32_scopes: Sequence[str]) ->
     work = onnx.ModelProto()
     work.CopyFrom(model)
     _split_shared_initializers(work, set(blocked))
-    converted = convert_float_to_float16(
-        work,
-        keep_io_types=True,
-        node_block_list=blocked,
-        op_block_list=list(DEFAULT_OP_BLOCK_LIST),
-        # Convolution weights are ~1e-3..1: no clamping of real values (only subnormals flush).
-        min_positive_val=5.96e-8,
-        max_finite_val=FP16_MAX,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # per-weight notes about values below FP16's range
+        converted = convert_float_to_float16(
+            work,
+            keep_io_types=True,
+            node_block_list=blocked,
+            op_block_list=list(DEFAULT_OP_BLOCK_LIST),
+            # Round weights to the nearest FP16 (tiny ones flush to zero) instead of the converter's
+            # default of raising |w| < 1e-7 to 1e-7 and clamping at 1e4.
+            min_positive_val=0.0,
+            max_finite_val=FP16_MAX,
+        )
     remove_fp16_round_trips(converted)
     return converted
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import time
 import warnings
@@ -72,16 +73,23 @@ class ExportError(N3DeployError, RuntimeError):
 
 @dataclass(frozen=True)
 class VerifyCase:
-    """ONNX Runtime vs PyTorch on one random input: ``max_abs`` error and the output scale."""
+    """ONNX Runtime vs PyTorch on one random input, both measured against PyTorch in float64.
+
+    ``max_abs``: |ONNX Runtime - PyTorch float32|; ``onnx_vs_f64`` / ``torch_vs_f64``: each one's
+    distance to the float64 result. A faithful graph is about as close to float64 as PyTorch's
+    own float32 run (summation order differs, nothing else); a wrong one is off by far more.
+    """
 
     shape: tuple[int, int, int, int]
     max_abs: float
+    onnx_vs_f64: float
+    torch_vs_f64: float
     ref_max_abs: float
     tolerance: float
 
     @property
     def ok(self) -> bool:
-        return bool(np.isfinite(self.max_abs)) and self.max_abs <= self.tolerance
+        return bool(np.isfinite(self.onnx_vs_f64)) and self.onnx_vs_f64 <= self.tolerance
 
 
 @dataclass
@@ -104,25 +112,31 @@ class ExportResult:
         ]
         for case in self.verification:
             lines.append(
-                f"  verified vs PyTorch at {'x'.join(map(str, case.shape))}: max abs err {case.max_abs:.2e} "
-                f"(tolerance {case.tolerance:.1e})"
+                f"  verified at {'x'.join(map(str, case.shape))}: |onnx - torch| {case.max_abs:.2e}; vs float64: "
+                f"onnx {case.onnx_vs_f64:.2e}, torch float32 {case.torch_vs_f64:.2e} (tolerance {case.tolerance:.1e})"
             )
         lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- helpers
-def probe_sizes(min_size: int, max_height: int, max_width: int) -> list[tuple[int, int]]:
+def probe_sizes(min_size: int, max_height: int, max_width: int, stride: int = 5, tile: Optional[int] = None) -> list[tuple[int, int]]:
     """Heights/widths at which a dynamic graph is checked against PyTorch.
 
-    Chosen for the static KNN's regimes: the minimum size, grids smaller than the 15-patch window,
-    every padding residue modulo the stride (5), one and several column tiles, non-square shapes.
+    Chosen for the static KNN's regimes, where ``torch.export`` records guards it cannot prove for
+    all sizes: the minimum size, grids smaller than the 15-patch window, every padding residue
+    modulo the stride, one and several column tiles, and block/patch column counts that are exact
+    multiples of the KNN's column tile (``tile``, default :data:`n3deploy.knn.static.DEFAULT_TILE`).
     """
+    if tile is None:
+        from ..knn.static import DEFAULT_TILE as tile
     candidates = [
         (min_size, min_size),
         (min_size + 1, min_size + 4),
         (37, 53),
         (64, 64),
+        (41, 2 * tile * stride),  # 2*tile block columns, no padding
+        (29, (2 * tile + 1) * stride),  # 2*tile patch columns
         (97, 123),
         (131, 211),
         (212, 96),
@@ -245,13 +259,18 @@ def _rename_dims(model: onnx.ModelProto, names: dict[str, str]) -> None:
                 dim.dim_param = pattern.sub(lambda m: names[m.group(1)], dim.dim_param)
 
 
+# Constants above this size stay computed in the graph: in a fixed-size export the KNN's index
+# tables and masks would otherwise be folded into initializers (a 321x481 paper graph grew to 60 MB).
+FOLD_LIMIT_BYTES = 1 << 16
+
+
 def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxslim: constant folding, dead code, redundant casts/reshapes, shape inference."""
+    """onnxslim: constant folding (up to 64 KiB per tensor), dead code, redundant casts/reshapes."""
     import onnxslim
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        slim = onnxslim.slim(model)
+        slim = onnxslim.slim(model, size_threshold=FOLD_LIMIT_BYTES)
     if slim is None:
         raise ExportError("onnxslim returned no model")
     return slim
@@ -307,23 +326,39 @@ def _fp32_scopes(model: Any) -> tuple[str, ...]:
 
 
 def _verify(model: Any, path: Path, shapes: Sequence[tuple[int, int, int, int]], rel_tol: float, seed: int = 0) -> list[VerifyCase]:
-    """Run the written file with ONNX Runtime and the PyTorch model on the same random inputs."""
+    """Run the written file with ONNX Runtime and the PyTorch model (float32 and float64) on the same
+    random inputs. Tolerance on |ONNX - float64|: ``rel_tol`` x output scale, or 10x PyTorch float32's
+    own distance to float64 when that is larger (numerically sharp weights, e.g. random ones)."""
     import onnxruntime as ort
     import torch
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model64 = copy.deepcopy(model).double()
     rng = np.random.default_rng(seed)
     cases = []
     for shape in shapes:
         x = rng.random(shape, dtype=np.float32)
         with torch.no_grad():
-            ref = model(torch.from_numpy(x)).numpy()
-        out = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        scale = float(np.abs(ref).max())
-        err = float(np.abs(out.astype(np.float64) - ref).max()) if out.shape == ref.shape else float("inf")
-        cases.append(VerifyCase(tuple(shape), err, scale, rel_tol * max(1.0, scale)))
+            ref32 = model(torch.from_numpy(x)).numpy().astype(np.float64)
+            ref64 = model64(torch.from_numpy(x).double()).numpy()
+        out = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float64)
+        if out.shape != ref64.shape:
+            cases.append(VerifyCase(tuple(shape), math.inf, math.inf, 0.0, 0.0, 0.0))
+            continue
+        scale = float(np.abs(ref64).max())
+        torch_err = float(np.abs(ref32 - ref64).max())
+        cases.append(
+            VerifyCase(
+                shape=tuple(shape),
+                max_abs=float(np.abs(out - ref32).max()),
+                onnx_vs_f64=float(np.abs(out - ref64).max()),
+                torch_vs_f64=torch_err,
+                ref_max_abs=scale,
+                tolerance=max(rel_tol * max(1.0, scale), 10.0 * torch_err),
+            )
+        )
     return cases
 
 
@@ -389,10 +424,8 @@ def export_onnx(
     if source is None:
         source = {k: v for k, v in getattr(model, "metadata", {}).items() if k != "sigma"}
 
-    stages = ["capture (torch.export)", "translate to ONNX", "simplify (onnxslim)"]
-    stages += ["mixed FP16"] if fp16 else []
-    stages += ["check + audit", "write", "verify vs PyTorch"] if verify else ["check + audit", "write"]
-    bar = tqdm(total=len(stages), desc="export", unit="stage", disable=not progress)
+    # capture, translate, simplify, [fp16], audit, write, [verify]
+    bar = tqdm(total=5 + fp16 + verify, desc="export", unit="stage", disable=not progress)
     seconds: dict[str, float] = {}
 
     def stage(name: str) -> None:
@@ -403,7 +436,7 @@ def export_onnx(
         seconds[name] = time.perf_counter() - seconds[name]
         bar.update(1)
 
-    example = torch.rand(batch, cfg.in_channels, *example_hw)
+    example = torch.rand(batch, cfg.in_channels, *example_hw, generator=torch.Generator().manual_seed(0))
     try:
         # 1. capture
         stage("capture")
@@ -491,12 +524,15 @@ def export_onnx(
             if verify:
                 done("write")
                 stage("verify")
-                sizes = [example_hw] if not dynamic else probe_sizes(lo, max_height, max_width)
+                sizes = [example_hw] if not dynamic else probe_sizes(lo, max_height, max_width, cfg.stride)
                 shapes = [(batch, cfg.in_channels, h, w) for h, w in sizes]
                 cases = _verify(prepared, tmp, shapes, rel_tol=5e-2 if fp16 else 1e-4)
                 bad = [c for c in cases if not c.ok]
                 if bad:
-                    detail = "; ".join(f"{'x'.join(map(str, c.shape))}: max abs err {c.max_abs:.3g} > {c.tolerance:.3g}" for c in bad)
+                    detail = "; ".join(
+                        f"{'x'.join(map(str, c.shape))}: |onnx - float64| {c.onnx_vs_f64:.3g} > {c.tolerance:.3g} "
+                        f"(PyTorch float32: {c.torch_vs_f64:.3g})" for c in bad
+                    )
                     raise ExportError(f"the exported graph disagrees with PyTorch ({detail}); nothing was written")
                 done("verify")
             else:

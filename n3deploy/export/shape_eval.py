@@ -142,6 +142,33 @@ def _fix_input_shape(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> on
     return fixed
 
 
+def _values_needed(graph: onnx.GraphProto, data: set[str]) -> set[str]:
+    """Shape-arithmetic tensors whose *values* some shape depends on.
+
+    Seeds: the shape-setting operands (:data:`SHAPE_OPERANDS`); closure: every input of a
+    non-data node that produces a needed tensor. Other shape arithmetic (index tables, masks:
+    large, and only their shapes matter) is shape-inferred instead of evaluated, which keeps the
+    audit's memory small at 4K.
+    """
+    producer = {o: n for n in graph.node for o in n.output if o}
+    stack = [
+        node.input[p]
+        for node in graph.node
+        for p in SHAPE_OPERANDS.get(node.op_type, ())
+        if p < len(node.input) and node.input[p] and node.input[p] not in data
+    ]
+    needed: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producer.get(name)
+        if node is not None and node.op_type not in ("Shape", "Size"):
+            stack.extend(i for i in node.input if i and i not in data)
+    return needed
+
+
 def _shape_of(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
     """``Shape``/``Size`` evaluated on a known shape (``start``/``end`` attributes as in opset 15+)."""
     if node.op_type == "Size":
@@ -195,7 +222,7 @@ def _infer_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], known: dic
     graph = helper.make_graph(nodes, "data_part", inputs, [], initializer=inits)
     part = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     try:
-        inferred = onnx.shape_inference.infer_shapes(part, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(part, strict_mode=True)
     except Exception as exc:
         raise ShapeEvaluationError(f"ONNX shape inference failed: {exc}") from None
     return {vi.name: vi for vi in inferred.graph.value_info}
@@ -221,10 +248,15 @@ def static_shapes_at(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> di
         if vi.name not in known:
             known[vi.name] = TensorShape(vi.name, _onnx_dtype_name(vi.type.tensor_type.elem_type), input_shape, "input")
     values: dict[str, np.ndarray] = {}
+    needed = _values_needed(graph, data)
     pending = list(graph.node)
 
     def describe(node: onnx.NodeProto) -> str:
         return f"{node.op_type} {node.name}"
+
+    def evaluated(node: onnx.NodeProto) -> bool:
+        """Shape arithmetic whose values some shape depends on (everything else is inferred)."""
+        return not any(o in data for o in node.output if o) and any(o in needed for o in node.output)
 
     while pending:
         progress = False
@@ -232,15 +264,13 @@ def static_shapes_at(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> di
         available = set(values) | set(initializers)
         batch, rest = [], []
         for node in pending:
-            if any(o in data for o in node.output if o):
-                rest.append(node)
-            elif node.op_type in ("Shape", "Size") and node.input[0] in known:
+            if node.op_type in ("Shape", "Size") and node.input[0] in known:
                 value = _shape_of(node, known[node.input[0]].shape)
                 values[node.output[0]] = value
                 known[node.output[0]] = TensorShape(node.output[0], "INT64", value.shape, describe(node))
                 available.add(node.output[0])
                 progress = True
-            elif node.op_type not in ("Shape", "Size") and all(i in available for i in node.input if i):
+            elif evaluated(node) and node.op_type not in ("Shape", "Size") and all(i in available for i in node.input if i):
                 batch.append(node)
                 available.update(o for o in node.output if o)
             else:
@@ -255,13 +285,12 @@ def static_shapes_at(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> di
                     if o:
                         known[o] = TensorShape(o, known[o].dtype, known[o].shape, describe(node))
             progress = True
-        # 2. data nodes whose operands are all known: shape inference.
+        # 2. every other node whose operands are known (data, or shape arithmetic no shape depends
+        #    on, such as index tables and masks): shape inference, without computing values.
         available = set(known)
         ready, pending = [], []
         for node in rest:
-            if node.op_type not in ("Shape", "Size") and any(o in data for o in node.output if o) and all(
-                i in available for i in node.input if i
-            ):
+            if node.op_type not in ("Shape", "Size") and not evaluated(node) and all(i in available for i in node.input if i):
                 ready.append(node)
                 available.update(o for o in node.output if o)
             else:

@@ -1,0 +1,119 @@
+"""Backends behind one interface: torch (reference), onnxruntime (no torch needed), tensorrt (lazy)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from n3deploy.backends import InputShapeLimits, backend_for_path, load_backend
+from n3deploy.backends.onnxruntime_backend import OnnxRuntimeBackend, ProviderFallbackWarning
+from n3deploy.backends.torch_backend import TorchBackend
+from n3deploy.errors import BackendUnavailableError, InvalidImageError, ModelFileError
+
+
+@pytest.fixture(scope="module")
+def noisy(photos) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (photos[0][1][None] + 0.1 * rng.standard_normal((1, 1, 64, 64))).astype(np.float32)
+
+
+def test_backend_is_chosen_by_file_type(tiny_checkpoint, tiny_onnx, tmp_path):
+    assert isinstance(load_backend(tiny_checkpoint), TorchBackend)
+    assert isinstance(load_backend(tiny_onnx.path), OnnxRuntimeBackend)
+    assert backend_for_path("m.plan") == backend_for_path("m.engine") == "tensorrt"
+    with pytest.raises(ModelFileError, match="unknown model type"):
+        backend_for_path(tmp_path / "m.pt")
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_backend(tmp_path / "missing.onnx")
+    with pytest.raises(ModelFileError, match="opens .onnx"):
+        load_backend(tiny_checkpoint, backend="onnxruntime")
+
+
+def test_onnxruntime_backend_matches_torch_backend(tiny_checkpoint, tiny_onnx, noisy):
+    ref = load_backend(tiny_checkpoint)
+    onnx_backend = load_backend(tiny_onnx.path, device="cpu")
+    assert onnx_backend.name == "onnxruntime" and onnx_backend.precision == "fp32"
+    assert onnx_backend.providers == ["CPUExecutionProvider"]
+    assert ref.metadata["sigma"] == onnx_backend.metadata["sigma"] == 25.0
+    assert ref.metadata["config"] == onnx_backend.metadata["config"]
+    out = onnx_backend.run(noisy)
+    assert out.dtype == np.float32 and out.shape == noisy.shape
+    assert np.abs(out - ref.run(noisy)).max() <= 1e-4
+
+
+def test_onnxruntime_backend_describes_and_enforces_its_input_shape(tiny_onnx, noisy):
+    backend = load_backend(tiny_onnx.path)
+    limits = backend.input_shape_limits
+    assert limits == InputShapeLimits(channels=1, batch=1, height=64, width=64, min_size=15, max_height=64, max_width=64)
+    two = np.concatenate([noisy, noisy[..., ::-1, :].copy()])
+    out = backend.run(two)  # batch 2 through a batch-1 graph: run in chunks
+    assert np.allclose(out[0], backend.run(noisy)[0]) and out.shape == two.shape
+    with pytest.raises(InvalidImageError, match="exported for 64x64"):
+        backend.run(np.zeros((1, 1, 48, 64), np.float32))
+    with pytest.raises(InvalidImageError, match="float32"):
+        backend.run(noisy.astype(np.float64))
+    with pytest.raises(InvalidImageError, match="NaN"):
+        backend.run(np.full_like(noisy, np.nan))
+    with pytest.raises(InvalidImageError, match="1-channel"):
+        backend.run(np.zeros((1, 3, 64, 64), np.float32))
+
+
+def test_torch_backend_limits_are_dynamic(tiny_checkpoint):
+    backend = load_backend(tiny_checkpoint)
+    limits = backend.input_shape_limits
+    assert limits.is_dynamic and limits.min_size == 15 and limits.batch is None
+    assert backend.run(np.zeros((2, 1, 20, 33), np.float32)).shape == (2, 1, 20, 33)
+    with pytest.raises(InvalidImageError, match="at least 15x15"):
+        backend.run(np.zeros((1, 1, 14, 40), np.float32))
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="a CUDA provider is installed here")
+def test_requested_gpu_provider_that_falls_back_to_cpu_warns(tiny_onnx):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = load_backend(tiny_onnx.path, device="cuda")
+    assert backend.providers == ["CPUExecutionProvider"]
+    assert any(issubclass(w.category, ProviderFallbackWarning) and "CUDAExecutionProvider" in str(w.message) for w in caught)
+    with pytest.raises(BackendUnavailableError, match="CPUExecutionProvider"):
+        OnnxRuntimeBackend(tiny_onnx.path, device="cuda", strict=True)
+
+
+def test_tensorrt_backend_is_lazy_and_says_what_is_missing(tmp_path):
+    pytest.importorskip("n3deploy.backends.tensorrt_backend")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here; the GPU tests cover the backend")
+    except ImportError:
+        pass
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not an engine")
+    with pytest.raises(BackendUnavailableError, match="TensorRT"):
+        load_backend(plan)
+
+
+def test_onnxruntime_backend_imports_and_runs_without_torch(tiny_onnx, tiny_checkpoint):
+    """Deployment machines have no PyTorch: block ``import torch`` and run the ONNX backend."""
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+import numpy as np
+from n3deploy.backends import load_backend
+from n3deploy.errors import BackendUnavailableError
+backend = load_backend({str(tiny_onnx.path)!r})
+out = backend.run(np.zeros((1, 1, 64, 64), np.float32))
+assert out.shape == (1, 1, 64, 64), out.shape
+print(backend.name, backend.precision, backend.metadata["sigma"])
+try:
+    load_backend({str(tiny_checkpoint)!r})
+except BackendUnavailableError as exc:
+    print("torch-backend-unavailable" if "PyTorch" in str(exc) else exc)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["onnxruntime", "fp32", "25.0", "torch-backend-unavailable"]
