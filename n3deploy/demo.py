@@ -106,7 +106,7 @@ def run_demo(outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, 
         try:
             denoiser = Denoiser(path, backend=backend)
         except Exception as exc:  # a backend this machine cannot run is a row, not a crash
-            row.status = f"unavailable: {str(exc).splitlines()[0][:100]}"
+            row.status = str(exc).splitlines()[0]
             report.rows.append(row)
             continue
         with console.status(f"denoising with {label} ..."):
@@ -132,12 +132,19 @@ def run_demo(outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, 
 
     table = Table(title=f"camera {clean.shape[1]}x{clean.shape[0]}, sigma {sigma:g}: noisy {report.noisy_psnr_db:.2f} dB")
     for col in ("backend", "PSNR dB", "ΔPSNR dB", "max |Δ| vs torch", "NaN/Inf", "time (s)", "status"):
-        table.add_column(col, justify="left" if col in ("backend", "status") else "right")
+        table.add_column(col, justify="left" if col in ("backend", "status") else "right", no_wrap=True)
+    notes = []
     for r in report.rows:
         fmt = lambda v, f: "-" if v is None else format(v, f)
+        status = r.status
+        if status != "ok":
+            notes.append(f"{r.backend}: {status}")
+            status = f"unavailable [{len(notes)}]"
         table.add_row(r.backend, fmt(r.psnr_db, ".2f"), fmt(r.delta_psnr_db, "+.4f"), fmt(r.max_abs_err, ".2e"),
-                      fmt(r.nan_inf, "d"), fmt(r.seconds, ".3f"), r.status)
+                      fmt(r.nan_inf, "d"), fmt(r.seconds, ".3f"), status)
     console.print(table)
+    for i, note in enumerate(notes, 1):
+        console.print(f"[{i}] {note}", soft_wrap=True)
     json_path = outdir / "report.json"
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(asdict(report), indent=2))

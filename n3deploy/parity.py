@@ -5,7 +5,7 @@ The same noisy images (the evaluation protocol of :mod:`n3deploy.evaluate`: imag
 polygraphy: ``Comparator.run`` drives a list of runners, polygraphy's own ``OnnxrtRunner`` for the
 ONNX graphs (so ``polygraphy run model.onnx --onnxrt`` runs the very same files), its ``TrtRunner``
 for TensorRT plans (:func:`n3deploy.tensorrt.runner.polygraphy_trt_runner`), and
-:class:`BackendRunner`, a ``BaseRunner`` around any :class:`~n3deploy.backends.base.Backend`, for
+:func:`backend_runner`, a ``BaseRunner`` around any :class:`~n3deploy.backends.base.Backend`, for
 PyTorch. Polygraphy's ``compare_accuracy`` only compares outputs with each other; the metrics
 that need the clean image (PSNR, and so ΔPSNR) are computed here:
 
@@ -19,9 +19,10 @@ Pass criteria (:class:`Tolerances`): FP32 backends ``max abs <= 1e-4``; FP16/mix
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,13 +32,14 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import InvalidImageError
+from .export.metadata import INPUT_NAME, OUTPUT_NAME
 from .fileio import atomic_path
 
 __all__ = [
     "Tolerances",
     "BackendParity",
     "ParityReport",
-    "BackendRunner",
+    "backend_runner",
     "ParityCase",
     "RunnerSpec",
     "run_parity",
@@ -45,8 +47,6 @@ __all__ = [
     "load_cases",
     "onnxrt_runner",
 ]
-
-INPUT_NAME = "noisy"
 
 
 @dataclass(frozen=True)
@@ -177,49 +177,37 @@ class ParityReport:
         return path
 
 
-def _polygraphy():
+@functools.lru_cache(maxsize=None)
+def _backend_runner_class():
+    """A polygraphy ``BaseRunner`` subclass around an n3deploy Backend (made on first use, so
+    importing this module does not import polygraphy)."""
     from polygraphy.backend.base import BaseRunner
     from polygraphy.common import TensorMetadata
     from polygraphy.datatype import DataType
 
-    return BaseRunner, TensorMetadata, DataType
+    class BackendRunner(BaseRunner):
+        def __init__(self, backend: Backend, name: Optional[str] = None) -> None:
+            super().__init__(name=name or backend.name, prefix="n3deploy-runner")
+            self.backend = backend
+
+        def get_input_metadata_impl(self):
+            channels = getattr(self.backend.input_shape_limits, "channels", None)
+            meta = TensorMetadata()
+            meta.add(INPUT_NAME, dtype=DataType.FLOAT32, shape=(None, channels, None, None))
+            return meta
+
+        def infer_impl(self, feed_dict):
+            start = time.perf_counter()
+            out = self.backend.run(np.ascontiguousarray(feed_dict[INPUT_NAME], dtype=np.float32))
+            self.inference_time = time.perf_counter() - start
+            return OrderedDict([(OUTPUT_NAME, out)])
+
+    return BackendRunner
 
 
-class BackendRunner:
-    """Factory for a polygraphy ``BaseRunner`` wrapping an n3deploy :class:`Backend`.
-
-    ``BackendRunner(backend, name)`` returns the runner (a subclass of polygraphy's ``BaseRunner``
-    made on first use so importing this module does not import polygraphy).
-    """
-
-    _cls = None
-
-    def __new__(cls, backend: Backend, name: Optional[str] = None):
-        if cls._cls is None:
-            BaseRunner, TensorMetadata, DataType = _polygraphy()
-
-            class _Runner(BaseRunner):
-                def __init__(self, backend: Backend, name: Optional[str] = None) -> None:
-                    super().__init__(name=name or backend.name, prefix="n3deploy-runner")
-                    self.backend = backend
-
-                def get_input_metadata_impl(self):
-                    limits = self.backend.input_shape_limits
-                    channels = getattr(limits, "channels", None)
-                    meta = TensorMetadata()
-                    meta.add(INPUT_NAME, dtype=DataType.FLOAT32, shape=(None, channels, None, None))
-                    return meta
-
-                def infer_impl(self, feed_dict):
-                    import time
-
-                    start = time.perf_counter()
-                    out = self.backend.run(np.ascontiguousarray(feed_dict[INPUT_NAME], dtype=np.float32))
-                    self.inference_time = time.perf_counter() - start
-                    return OrderedDict([("denoised", out)])
-
-            cls._cls = _Runner
-        return cls._cls(backend, name)
+def backend_runner(backend: Backend, name: Optional[str] = None):
+    """A polygraphy runner (``BaseRunner``) that runs an n3deploy :class:`Backend`."""
+    return _backend_runner_class()(backend, name)
 
 
 def noisy_cases(clean_images: Sequence[np.ndarray], names: Sequence[str], sigma: float, seed: int = 0) -> list[ParityCase]:
@@ -276,13 +264,12 @@ def run_parity(
     sigma: float,
     seed: int = 0,
     tolerances: Tolerances = Tolerances(),
-    progress: bool = True,
 ) -> ParityReport:
     """Run ``cases`` through the reference backend and ``others`` with polygraphy's Comparator.
 
     ``others``: ``(label, item)`` pairs; an item is a :class:`RunnerSpec` (a polygraphy runner such
     as ``OnnxrtRunner``, see :func:`onnxrt_runner`) or an n3deploy Backend, which is wrapped in
-    :class:`BackendRunner`. Labels must be unique. Images are center-cropped to the size of
+    :func:`backend_runner`. Labels must be unique. Images are center-cropped to the size of
     fixed-size graphs.
     """
     from polygraphy.comparator import Comparator
@@ -292,11 +279,11 @@ def run_parity(
     if len(set(labels)) != len(labels):
         raise ValueError(f"backend labels must be unique, got {labels}")
     cases = _fit(list(cases), _fixed_size([reference] + [item for _, item in others]))
-    runners = [BackendRunner(reference, reference.name)]
+    runners = [backend_runner(reference, reference.name)]
     infos = [BackendParity(reference.name, reference.precision, reference.providers)]
     for label, item in others:
         if isinstance(item, Backend):
-            runners.append(BackendRunner(item, label))
+            runners.append(backend_runner(item, label))
             infos.append(BackendParity(label, item.precision, item.providers))
         else:
             item.runner.name = label

@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .audit import node_scope
+
 __all__ = [
     "FP16_MAX",
     "TensorRange",
@@ -42,17 +44,13 @@ __all__ = [
 FP16_MAX = 65504.0
 
 
-def _scope(node: onnx.NodeProto) -> str:
-    return node.name.split("/", 1)[0] if "/" in node.name else ""
-
-
 def _in_scopes(scope: str, scopes: Sequence[str]) -> bool:
     return any(scope == s or scope.startswith(s + ".") for s in scopes)
 
 
 def fp32_node_names(model: onnx.ModelProto, fp32_scopes: Sequence[str]) -> list[str]:
     """Names of the nodes whose module scope lies inside one of ``fp32_scopes``."""
-    return [n.name for n in model.graph.node if _in_scopes(_scope(n), fp32_scopes)]
+    return [n.name for n in model.graph.node if _in_scopes(node_scope(n), fp32_scopes)]
 
 
 def _split_shared_initializers(model: onnx.ModelProto, blocked: set[str]) -> None:

@@ -29,9 +29,11 @@ import onnx
 
 from ..errors import ModelFileError
 
-__all__ = ["ONNX_FORMAT", "InputSpec", "ExportMetadata", "decode_props", "read_metadata", "write_metadata"]
+__all__ = ["ONNX_FORMAT", "INPUT_NAME", "OUTPUT_NAME", "InputSpec", "ExportMetadata", "decode_props", "read_metadata", "write_metadata"]
 
 ONNX_FORMAT = "n3deploy-onnx-v1"
+INPUT_NAME = "noisy"  # float32 B x C x H x W, values in [0, 1]
+OUTPUT_NAME = "denoised"  # float32 B x C x H x W
 
 
 @dataclass(frozen=True)

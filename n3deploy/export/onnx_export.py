@@ -45,7 +45,7 @@ from .. import __version__
 from ..errors import N3DeployError
 from ..fileio import atomic_path
 from .audit import AuditReport, GraphAuditError, audit_model
-from .metadata import ExportMetadata, InputSpec, write_metadata
+from .metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata, InputSpec, write_metadata
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -63,8 +63,6 @@ __all__ = [
 DEFAULT_OPSET = 18
 DEFAULT_MAX_HEIGHT = 2160
 DEFAULT_MAX_WIDTH = 3840
-INPUT_NAME = "noisy"
-OUTPUT_NAME = "denoised"
 
 
 class ExportError(N3DeployError, RuntimeError):
