@@ -292,9 +292,10 @@ def run_parity(
     feeds = [OrderedDict([(INPUT_NAME, c.noisy[None])]) for c in cases]
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
         results = Comparator.run(runners, data_loader=feeds)
-    outputs = {name: iterations for name, iterations in results.items()}
+    outputs = dict(results.items())
 
     ref_out = [next(iter(it.values())) for it in outputs[reference.name]]
+    ref_psnr = [_psnr(case.clean, out[0]) for case, out in zip(cases, ref_out)]
     for info, runner in zip(infos, runners):
         iterations = outputs[runner.name]
         for i, (case, iteration) in enumerate(zip(cases, iterations)):
@@ -305,7 +306,7 @@ def run_parity(
             info.max_abs.append(float(diff.max()) if finite.all() else float("inf"))
             info.mean_abs.append(float(diff[finite].mean()) if finite.any() else float("inf"))
             info.psnr.append(_psnr(case.clean, out))
-            info.delta_psnr.append(info.psnr[-1] - _psnr(case.clean, ref))
+            info.delta_psnr.append(info.psnr[-1] - ref_psnr[i])
             info.nonfinite.append(int(out.size - finite.sum()))
             info.seconds.append(float(iteration.runtime) if getattr(iteration, "runtime", None) else float("nan"))
     for i, info in enumerate(infos):

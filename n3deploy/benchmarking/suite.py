@@ -577,7 +577,8 @@ def evaluate_criteria(doc: dict[str, Any]) -> dict[str, Any]:
 def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``new`` with what ``old`` measured and ``new`` did not: rows by (backend, size), the breakdown.
 
-    The commands of both runs are kept (``commands``); the matmul peak is the higher of the two.
+    The commands of both runs are kept (``commands``); the matmul peak is the higher of the two and
+    the breakdown the one measured with less CPU used by other processes.
     """
     merged = dict(new)
     key = lambda r: (r["backend"], r["width"], r["height"])  # noqa: E731
@@ -585,8 +586,9 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     rows = [fresh.pop(key(r), r) for r in old.get("results", [])]
     rows += [r for r in new["results"] if key(r) in fresh or key(r) not in {key(o) for o in rows}]
     merged["results"] = rows
-    if not new.get("breakdown") and old.get("breakdown"):
-        merged["breakdown"] = old["breakdown"]
+    ob, nb = old.get("breakdown") or {}, new.get("breakdown") or {}
+    if ob and (not nb or ob.get("foreign_cpu_share", 1.0) < nb.get("foreign_cpu_share", 1.0)):
+        merged["breakdown"] = ob  # keep the less contended breakdown
     merged["commands"] = [*old.get("commands", [old.get("command", "")]), new["command"]]
     op, np_ = old.get("matmul_peak", {}), new.get("matmul_peak", {})
     if op.get("gflops", 0) > np_.get("gflops", 0):
