@@ -233,13 +233,13 @@ def test_sigint_stops_between_steps_and_resumes_exactly(image_dir, tmp_path, mon
 
 
 def test_resume_refuses_changed_settings(image_dir, tmp_path):
-    cfg = cfg_for(image_dir, tmp_path / "run", steps=4, stop_after=3, decay_fraction=0.5, val_every=3)
+    cfg = cfg_for(image_dir, tmp_path / "run", steps=6, stop_after=5, decay_fraction=0.5, val_every=3)
     train(cfg, progress=False)
     with pytest.raises(N3DeployError, match="lr"):
-        train(cfg_for(image_dir, cfg.out, steps=4, decay_fraction=0.5, lr=5e-4), resume=True, progress=False)
-    # step 3 is past the decay start (2): the length can no longer change
+        train(cfg_for(image_dir, cfg.out, steps=6, decay_fraction=0.5, lr=5e-4), resume=True, progress=False)
+    # steps 3 and 4 were taken on the cosine decay (it starts at step 3): the length can no longer change
     with pytest.raises(N3DeployError, match="before the learning-rate decay"):
-        train(cfg_for(image_dir, cfg.out, steps=10, decay_fraction=0.5), resume=True, progress=False)
+        train(cfg_for(image_dir, cfg.out, steps=12, decay_fraction=0.5), resume=True, progress=False)
     with pytest.raises(N3DeployError, match="no train_state"):
         train(cfg_for(image_dir, tmp_path / "empty"), resume=True, progress=False)
 

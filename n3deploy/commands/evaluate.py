@@ -90,6 +90,9 @@ def open_backend(model: Path, backend: str = "auto", device: str | None = None):
 
 
 def _model_channels(backend) -> int | None:
+    limits = getattr(backend, "input_shape_limits", None)
+    if isinstance(getattr(limits, "channels", None), int):
+        return limits.channels
     for attr in ("channels", "in_channels"):
         if isinstance(getattr(backend, attr, None), int):
             return getattr(backend, attr)
