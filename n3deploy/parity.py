@@ -45,6 +45,7 @@ __all__ = [
     "run_parity",
     "noisy_cases",
     "load_cases",
+    "crop_cases",
     "onnxrt_runner",
 ]
 
@@ -220,7 +221,7 @@ def noisy_cases(clean_images: Sequence[np.ndarray], names: Sequence[str], sigma:
     ]
 
 
-def _fit(cases: list[ParityCase], size: Optional[tuple[int, int]]) -> list[ParityCase]:
+def crop_cases(cases: list[ParityCase], size: Optional[tuple[int, int]]) -> list[ParityCase]:
     """Center-crop every case to ``size`` (the fixed size of some graph), or fail if too small."""
     if size is None:
         return cases
@@ -278,7 +279,7 @@ def run_parity(
     labels = [reference.name] + [label for label, _ in others]
     if len(set(labels)) != len(labels):
         raise ValueError(f"backend labels must be unique, got {labels}")
-    cases = _fit(list(cases), _fixed_size([reference] + [item for _, item in others]))
+    cases = crop_cases(list(cases), _fixed_size([reference] + [item for _, item in others]))
     runners = [backend_runner(reference, reference.name)]
     infos = [BackendParity(reference.name, reference.precision, reference.providers)]
     for label, item in others:

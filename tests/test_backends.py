@@ -73,6 +73,7 @@ def test_torch_backend_limits_are_dynamic(tiny_checkpoint):
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="a CUDA provider is installed here")
+@pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")
 def test_requested_gpu_provider_that_falls_back_to_cpu_warns(tiny_onnx):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

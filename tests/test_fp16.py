@@ -122,3 +122,11 @@ def test_converter_keeps_blocked_scopes_fp32_and_splits_shared_constants():
     assert types[by_name["convs/mul"].output[0]] == TensorProto.FLOAT16
     with pytest.raises(ValueError, match="FP32 scopes"):
         convert_to_mixed_fp16(model, ["nowhere"])
+
+
+def test_inspect_reports_fp16_headroom_on_a_folder_of_photos(tiny_onnx_fp16, photo_dir, capsys):
+    from n3deploy.cli import main as cli_main
+
+    assert cli_main(["inspect", str(tiny_onnx_fp16.path), "--images", str(photo_dir), "--sigma", "25"]) == 0
+    out = capsys.readouterr().out
+    assert "FP16 headroom on 3 images" in out and "to 65504" in out and "nonfinite=0" in out

@@ -1,7 +1,9 @@
 """The ``onnxruntime`` backend: an exported ``.onnx`` graph in an ONNX Runtime session.
 
 Defaults: full graph optimisation, as many intra-op threads as physical cores, sequential
-execution. Device selection (``device``):
+execution, and ONNX Runtime's *memory pattern* off: it pre-plans one block per input shape and,
+measured on the paper preset at 481x321, doubles peak RSS (3.1 GB -> 1.6 GB without it) for no
+speed gain. ``cpu_arena=False`` saves another ~0.1 GB at ~40% more time. Device selection:
 
 * ``None``/``"auto"``: CUDA when the installed ``onnxruntime-gpu`` offers it, else CPU;
 * ``"cpu"``; ``"cuda"`` or ``"cuda:N"``; ``"tensorrt"`` (ONNX Runtime's TensorRT provider, with
@@ -77,6 +79,8 @@ class OnnxRuntimeBackend(Backend):
         *,
         threads: Optional[int] = None,
         optimization: str = "all",
+        mem_pattern: bool = False,
+        cpu_arena: bool = True,
         strict: bool = False,
         session_options: Any = None,
     ) -> None:
@@ -99,6 +103,8 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = threads or _physical_cores()
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.enable_mem_pattern = mem_pattern
+            options.enable_cpu_mem_arena = cpu_arena
             options.log_severity_level = 3
         providers, requested_gpu = resolve_providers(device, ort.get_available_providers())
         try:

@@ -11,9 +11,14 @@ metadata (config, sigma, version, input spec), op histogram, the precision (fp16
 part of the network, and the largest tensors at the maximum input size (TensorRT needs fewer
 than 2^31 elements per tensor). Exits with 1 when the audit fails.
 
+With --images, an FP16 graph is also run (ONNX Runtime, CPU) on those images with Gaussian noise
+of --sigma, and the largest magnitude of every FP16 tensor is reported against FP16's limit 65504
+(the overflow headroom); exit code 1 if any FP16 tensor overflows.
+
 examples:
   n3deploy inspect model.onnx
   n3deploy inspect model_fp16.onnx --max-height 4320 --max-width 7680
+  n3deploy inspect model_fp16.onnx --images set12/ --sigma 25
 """
 
 
@@ -28,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-height", type=int, default=None, help="audit at this height (default: the declared maximum)")
     p.add_argument("--max-width", type=int, default=None, help="audit at this width (default: the declared maximum)")
     p.add_argument("--top", type=int, default=5, help="how many of the largest tensors to list (default: 5)")
+    p.add_argument("--images", type=Path, default=None, help="folder of clean images: measure the FP16 headroom on them")
+    p.add_argument("--sigma", type=float, default=None, help="noise level for --images (default: the graph's sigma)")
     p.set_defaults(func=run)
 
 
@@ -36,4 +43,31 @@ def run(args: argparse.Namespace) -> int:
 
     report = audit_model(args.model, max_height=args.max_height, max_width=args.max_width)
     print(report.format(top=args.top))
-    return 0 if report.ok else 1
+    ok = report.ok
+    if args.images is not None:
+        ok = _headroom(args, report) and ok
+    return 0 if ok else 1
+
+
+def _headroom(args: argparse.Namespace, report) -> bool:
+    """Print the FP16 headroom of the graph on ``args.images``; False if an FP16 tensor overflowed."""
+    from ..errors import N3DeployError
+    from ..export.fp16 import fp16_tensor_ranges
+    from ..parity import crop_cases, load_cases
+
+    meta = report.metadata
+    sigma = args.sigma if args.sigma is not None else (meta.sigma if meta else None)
+    if sigma is None:
+        raise N3DeployError(f"{args.model.name} records no noise level: pass --sigma")
+    spec = meta.input_spec if meta else None
+    channels = spec.channels if spec else 1
+    cases = load_cases(args.images, float(sigma), channels)
+    if spec is not None and not spec.is_dynamic:
+        cases = crop_cases(cases, (spec.height, spec.width))
+    headroom = fp16_tensor_ranges(args.model, [c.noisy[None] for c in cases], progress=True)
+    if not headroom.tensors:
+        print("FP16 headroom: the graph stores no FP16 tensors")
+        return True
+    print(f"FP16 headroom on {len(cases)} images of {args.images} at sigma={sigma:g}:")
+    print(headroom.format(top=args.top))
+    return not headroom.overflowed

@@ -136,6 +136,11 @@ def _plot_curve(history: list[dict[str, Any]], path: Path, title: str) -> None:
     val = [(h["step"], h["val_psnr"]) for h in history if h.get("val_psnr") is not None]
     if val:
         ax.plot(*zip(*val), "o-", label="validation PSNR")
+    # the first steps of a fresh N3Net sit far below the rest: zoom on the informative range
+    tail = [h["train_psnr"] for h in history[len(history) // 10 :] if math.isfinite(h.get("train_psnr", math.nan))]
+    lows = [v for _, v in val] + tail
+    if lows:
+        ax.set_ylim(bottom=min(lows) - 1.0)
     ax.set_xlabel("step")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(title)
