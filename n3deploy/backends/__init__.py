@@ -58,13 +58,8 @@ def load_backend(model_path: "str | os.PathLike", backend: str = "auto", device:
             f"{path}: the {name} backend opens {', '.join(sorted(_ACCEPTS[name]))} files, not {path.suffix or 'this'}"
         )
     if name == "torch":
-        try:
-            from .torch_backend import TorchBackend
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                f"the torch backend needs PyTorch ({exc}); install n3deploy[torch], or export the model to ONNX "
-                "and use the onnxruntime backend"
-            ) from None
+        from .torch_backend import TorchBackend  # raises BackendUnavailableError itself without PyTorch
+
         return TorchBackend(path, device, **opts)
     if name == "onnxruntime":
         try:

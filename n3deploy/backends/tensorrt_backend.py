@@ -10,7 +10,6 @@ checked against the profile before it reaches TensorRT.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,7 @@ try:  # the Backend base class is written alongside this module; tolerate its ab
 except ImportError:  # pragma: no cover - only while n3deploy/backends/base.py does not exist
     _BackendBase = object  # type: ignore[misc,assignment]
 
-__all__ = ["TensorRTBackend", "decode_onnx_metadata", "load_tensorrt_backend"]
-
-
-def decode_onnx_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """ONNX ``metadata_props`` are strings; decode JSON values (``"25"`` -> 25, ``'{"k": 7}'`` -> dict)."""
-    decoded: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            decoded[key] = json.loads(value)
-        except (TypeError, ValueError):
-            decoded[key] = value
-    return decoded
+__all__ = ["TensorRTBackend", "load_tensorrt_backend"]
 
 
 class TensorRTBackend(_BackendBase):  # type: ignore[misc]
@@ -88,7 +76,9 @@ class TensorRTBackend(_BackendBase):  # type: ignore[misc]
     def metadata(self) -> dict[str, Any]:
         """The exporter's ONNX metadata (``sigma``, ``config``, ...) decoded, plus ``engine`` facts."""
         meta = self.engine_metadata
-        data = decode_onnx_metadata(meta.onnx_metadata)
+        from ..export.metadata import decode_props
+
+        data = decode_props(meta.onnx_metadata)
         data["engine"] = {
             "plan": str(self.model_path),
             "tensorrt_version": meta.tensorrt_version,
