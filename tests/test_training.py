@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -242,6 +243,26 @@ def test_resume_refuses_changed_settings(image_dir, tmp_path):
         train(cfg_for(image_dir, cfg.out, steps=12, decay_fraction=0.5), resume=True, progress=False)
     with pytest.raises(N3DeployError, match="no train_state"):
         train(cfg_for(image_dir, tmp_path / "empty"), resume=True, progress=False)
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(image_dir, tmp_path):
+    first = cfg_for(image_dir, tmp_path / "first", steps=2)
+    train(first, progress=False)
+    start = weights(first.out / LAST_FILE)
+    # zero steps are impossible, so check the starting point through a run that cannot move:
+    # with lr 1e-30 one Adam step moves each weight by at most ~1e-30
+    frozen = cfg_for(image_dir, tmp_path / "frozen", steps=1, lr=1e-30, init_from=first.out / LAST_FILE)
+    train(frozen, progress=False)
+    after = weights(frozen.out / LAST_FILE)
+    for key, value in start.items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue  # batch-norm statistics do move in a training step
+        torch.testing.assert_close(after[key], value, rtol=0, atol=1e-20, msg=key)
+    _, meta = read_checkpoint_header(frozen.out / LAST_FILE)
+    assert meta["train"]["init_from"] == str(first.out / LAST_FILE)
+    other = dataclasses.replace(small_config(), dncnn_depth=4)
+    with pytest.raises(N3DeployError, match="model config differs"):
+        train(cfg_for(image_dir, tmp_path / "mismatch", model_config=other, init_from=first.out / LAST_FILE), progress=False)
 
 
 def test_train_rgb(rgb_dir, tmp_path):

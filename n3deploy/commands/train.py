@@ -17,6 +17,10 @@ examples:
   # --decay-fraction may change before the final learning-rate decay starts, e.g. to extend a run)
   n3deploy train --data data/train400 --val-split 8 --out runs/tiny25 --resume
 
+  # warm restart / fine-tuning: a new run that starts from a checkpoint's weights
+  n3deploy train --data data/train400 --val-split 8 --init-from runs/tiny25/best.safetensors \
+      --lr 5e-4 --out runs/tiny25-more
+
   # data-parallel: 2 processes (gloo on CPU, NCCL with --device cuda)
   torchrun --nproc-per-node 2 -m n3deploy.cli train --data data/train400 --out runs/ddp
 
@@ -60,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop (resumably) after N steps of this invocation")
     p.add_argument("--compile", action="store_true", help="use torch.compile (slow start, faster steps)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="CKPT", help="start from this checkpoint's weights (fine-tune / warm restart; fresh optimiser)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -93,6 +98,7 @@ def config_from_args(args: argparse.Namespace):
         threads=args.threads,
         stop_after=args.stop_after,
         compile=args.compile,
+        init_from=args.init_from,
     )
 
 

@@ -51,14 +51,45 @@ def _blocks(img: Tensor, stride: int) -> Tensor:
     return F.pixel_unshuffle(img, stride).permute(0, 2, 3, 1)
 
 
-def _span_gather(flat: Tensor, rows: Tensor, cols: Tensor, ncols: int) -> Tensor:
-    """Gather ``flat[:, rows[r]*ncols + cols[t, m]]`` -> ``B x R x nt x M x D``.
+def _row_groups(t: Tensor, nh: int, window: int, group: int) -> Tensor:
+    """Candidate block rows stacked in groups: ``B x R x ...`` -> ``B x L x n x (G*S) x D``.
 
-    ``flat``: ``B x (nrows*ncols) x D``; ``rows``: ``R``; ``cols``: ``nt x M`` (both int64).
+    ``t``: ``B x R x n x S x D`` (R = nh + 1 block rows, n column tiles of S blocks). Row
+    ``r`` of the result holds rows ``r .. r+G-1`` of ``t`` one after another, so the
+    candidates of a block row whose window starts at ``s`` are, for slot group ``g``, row
+    ``s + g*G``: a plain slice for consecutive starts. Zero rows are appended to grids shorter
+    than the window (their weights are zero).
     """
-    idx = (rows[:, None, None] * ncols + cols[None]).reshape(-1)
-    out = flat.index_select(1, idx)
-    return out.reshape(flat.shape[0], rows.shape[0], cols.shape[0], cols.shape[1], flat.shape[-1])
+    pad = torch.sym_max(window - nh, 0)
+    t = F.pad(t, (0, 0, 0, 0, 0, 0, 0, pad))
+    rows = t.shape[1] - group + 1
+    return torch.cat([t[:, i : i + rows] for i in range(group)], dim=3)
+
+
+def _shifted(s: slice, offset: int) -> slice:
+    return slice(s.start + offset, s.stop + offset)
+
+
+def _by_window_rows(fn, nh: int, window: int) -> Tensor:
+    """``cat_u fn(u, start(u))`` over the block rows ``u = 0 .. nh`` without gathering rows.
+
+    ``fn(rows, starts)`` computes block rows ``rows`` (a slice) given the slice of their
+    window starts. Windows clamp at the borders, so the rows split into three runs: the top
+    ``min(W//2, nh)`` rows share start 0, the middle rows have consecutive starts
+    ``0 .. max(nh - W, 0)``, and the remaining bottom rows share the last start. Each run is
+    one batched computation on slices (a shared start broadcasts), so no per-row copy of the
+    candidates is ever made.
+    """
+    top = torch.sym_min(window // 2, nh)
+    nmain = torch.sym_max(nh - window, 0) + 1
+    return torch.cat(
+        [
+            fn(slice(0, top), slice(0, 1)),
+            fn(slice(top, top + nmain), slice(0, nmain)),
+            fn(slice(top + nmain, nh + 1), slice(nmain - 1, nmain)),
+        ],
+        dim=1,
+    )
 
 
 def knn_aggregate_static(
@@ -133,21 +164,19 @@ def knn_aggregate_static(
     span = tile + nwin - 1  # candidate patch columns per tile
     ub = torch.arange(hb, device=dev)
     alpha = torch.arange(nwin + 1, device=dev)
-    brow = window_start(ub, nh, nwin)[:, None] + alpha  # hb x (W+1): block-row window
     tfirst = torch.arange(ntile, device=dev) * tile
     tstart = window_start(tfirst, nw, nwin)  # ntile: first candidate patch column
     qcols = (tfirst[:, None] + torch.arange(tile + 1, device=dev)).clamp(max=wb - 1)  # ntile x (T+1)
     ccols = (tstart[:, None] + torch.arange(span + 1, device=dev)).clamp(max=wb - 1)  # ntile x (span+1)
     qblocks = be.index_select(2, qcols.reshape(-1)).reshape(b, hb, ntile, tile + 1, de)
-    be_flat = be.reshape(b, hb * wb, de)
+    ecand = _row_groups(be.index_select(2, ccols.reshape(-1)).reshape(b, hb, ntile, span + 1, de), nh, nwin, group)
     ngroup = (nwin + 1) // group
-    grams = []
-    for g in range(ngroup):
-        rows = brow[:, g * group : (g + 1) * group].clamp(max=hb - 1)  # hb x G
-        idx = (rows[:, None, :, None] * wb + ccols[None, :, None, :]).reshape(-1)
-        cand = be_flat.index_select(1, idx).reshape(b, hb, ntile, group * (span + 1), de)
-        grams.append(torch.matmul(qblocks, cand.transpose(-1, -2)))  # B x hb x ntile x (T+1) x G*(span+1)
-    gram = torch.cat(grams, dim=-1).reshape(b, hb, ntile, tile + 1, nwin + 1, span + 1)
+
+    def gram_rows(rows: slice, starts: slice) -> Tensor:  # B x rows x ntile x (T+1) x (W+1)*(span+1)
+        q = qblocks[:, rows]
+        return torch.cat([q @ ecand[:, _shifted(starts, g * group)].transpose(-1, -2) for g in range(ngroup)], dim=-1)
+
+    gram = _by_window_rows(gram_rows, nh, nwin).reshape(b, hb, ntile, tile + 1, nwin + 1, span + 1)
     # Column offset d_j: query block column jj + d_j against candidate column m + d_j.
     gram = gram[:, :, :, :tile, :, :span] + gram[:, :, :, 1:, :, 1:]  # B x hb x ntile x T x (W+1) x span
     # Row offset d_i: patch row i uses block row i (slot a) and block row i + 1 (slot a, or
@@ -169,20 +198,19 @@ def knn_aggregate_static(
     logits = torch.where(valid[None], logits, MASKED_LOGIT).reshape(b, nh, nw, nwin * nwin)
     weights = selection_rounds(logits, k)
 
-    # B x nh x nw x W*W x k -> weights matrix B x (nh*W + 1) x (nw*W*k): rows (q_i, a),
-    # columns (q_j, b, r), one zero row at the end for out-of-range lookups.
-    wts = torch.stack(weights, dim=-1).reshape(b, nh, nw, nwin, nwin, k).permute(0, 1, 3, 2, 4, 5)
-    wmat = F.pad(wts.reshape(b, nh * nwin, nw * nwin * k), (0, 0, 0, 1))
+    # B x nh x nw x W*W x k -> weights matrix B x (nh*W + 1) x (nw*W*k + 1): rows (q_i, a),
+    # columns (q_j, b, r), a zero row and k zero columns at the end for out-of-range lookups.
+    wts = torch.stack([p.reshape(b, nh, nw, nwin, nwin).transpose(2, 3) for p in weights], dim=-1)
+    wmat = F.pad(wts.reshape(b, nh * nwin, nw * nwin * k), (0, k, 0, 1))
 
     # -------------------------------------- fold the weights onto the block grid
     # Output block u = (ui, uj) averages the patches u - d (d in {0,1}^2) covering it, so it is
     # a weighted sum of input blocks in a (W+1) x (W+1) block window starting at
     # (start(ui), start(uj)). Patch q = u - d's slot (a, b) is block slot
     # (start(q_i) + a + d_i - start(ui), start(q_j) + b + d_j - start(uj)): the same slot inside
-    # the grid, one further at the clamped borders. Rows are folded by one gather, columns by
-    # shifted pads, and the result is gathered into the banded layout the matmuls want:
-    # block rows by slot alpha, block columns in tiles of T with a span of T + W columns.
-    vb = torch.arange(wb, device=dev)
+    # the grid, one further at the clamped borders. Each axis is folded by two gathers (d = 0, 1)
+    # straight into the banded layout the matmuls want: block rows by slot alpha, block
+    # columns in tiles of T with a span of T + W columns.
     wrow = None
     for d in (0, 1):
         qi = ub[:, None] - d
@@ -191,41 +219,46 @@ def knn_aggregate_static(
         rows = torch.where(ok, qi * nwin + a, nh * nwin).reshape(-1)  # hb*(W+1)
         part = wmat.index_select(1, rows)
         wrow = part if wrow is None else wrow + part
-    wrow = wrow.reshape(b, hb * (nwin + 1), nw, nwin, k)
-    same = F.pad(wrow, (0, 0, 0, 1, 0, 1))  # d_j = 0: q_j = uj, beta = b
-    left = F.pad(wrow, (0, 0, 0, 1, 1, 0))  # d_j = 1, inside: q_j = uj - 1, beta = b
-    left_shifted = F.pad(wrow, (0, 0, 1, 0, 1, 0))  # d_j = 1, clamped border: beta = b + 1
-    shift_col = (window_start(vb - 1, nw, nwin) + 1 - window_start(vb, nw, nwin)) == 1  # wb
-    folded = same + torch.where(shift_col[:, None, None], left_shifted, left)  # B x hb*(W+1) x wb x (W+1) x k
-
+    # Columns: output block column v (tiles of T) and span slot m (block column bstart + m) take
+    # patch q_j = v - d_j's slot bstart + m - d_j - start(q_j); k stays innermost (contiguous).
     nbt = (wb + tile - 1) // tile
     bspan = tile + nwin
     m = torch.arange(bspan, device=dev)
     vt = torch.arange(nbt * tile, device=dev).reshape(nbt, tile)
     bstart = window_start(vt[:, 0], nw, nwin)  # nbt
-    beta = bstart[:, None, None] + m - window_start(vt, nw, nwin)[..., None]  # nbt x T x bspan
-    ok = (beta >= 0) & (beta <= nwin) & (vt < wb)[..., None]
-    cols = torch.where(ok, vt[..., None] * (nwin + 1) + beta, wb * (nwin + 1)).reshape(-1)
-    folded = F.pad(folded.reshape(b * hb * (nwin + 1), wb * (nwin + 1), k), (0, 0, 0, 1))
-    fw = folded.index_select(1, cols)  # B*hb*(W+1) x nbt*T*bspan x k
-    # -> B x hb x nbt x groups x k*T x G*bspan: one contiguous matrix per (block row, tile, group)
-    fw = fw.reshape(b, hb, ngroup, group, nbt, tile, bspan, k).permute(0, 1, 4, 2, 7, 5, 3, 6)
-    fw = fw.reshape(b, hb, nbt, ngroup, k * tile, group * bspan)
+    wrow = wrow.reshape(b * hb * (nwin + 1), nw * nwin + 1, k)
+    fw = None
+    for d in (0, 1):
+        qj = vt[..., None] - d  # nbt x T x 1
+        slot = bstart[:, None, None] + m - d - window_start(qj, nw, nwin)  # nbt x T x bspan
+        ok = (qj >= 0) & (qj < nw) & (slot >= 0) & (slot < nwin)
+        cols = torch.where(ok, qj * nwin + slot, nw * nwin).reshape(-1)
+        part = wrow.index_select(1, cols)  # B*hb*(W+1) x nbt*T*bspan x k
+        fw = part if fw is None else fw + part
+    # B x (hb, g, gi) x (nbt, T, m) x k -> B x g x hb x nbt x (k, T) x (gi, m): one matrix per
+    # (slot group, block row, tile)
+    fw = fw.reshape(b, hb, ngroup, group, nbt, tile, bspan, k).permute(0, 2, 1, 4, 7, 5, 3, 6)
+    fw = fw.reshape(b, ngroup, hb, nbt, k * tile, group * bspan)
 
     # -------------------------------- aggregation: groups of block-row slots per matmul
-    bx_flat = bx.reshape(b, hb * wb, dx)
     bcols = (bstart[:, None] + m).clamp(max=wb - 1)  # nbt x bspan
-    z = None
-    for g in range(ngroup):
-        rows = brow[:, g * group : (g + 1) * group].clamp(max=hb - 1)  # hb x G
-        idx = (rows[:, None, :, None] * wb + bcols[None, :, None, :]).reshape(-1)
-        cand = bx_flat.index_select(1, idx).reshape(b, hb, nbt, group * bspan, dx)
-        part = torch.matmul(fw[:, :, :, g], cand)  # B x hb x nbt x kT x Dx
-        z = part if z is None else z + part
-    # B x hb x nbt x k x T x Dx -> B*k x Dx x hb x wb, divided by the patches covering each block
-    z = z.reshape(b, hb, nbt, k, tile, dx).permute(0, 3, 5, 1, 2, 4).reshape(b * k, dx, hb, nbt * tile)[..., :wb]
-    cover_r = 2.0 - (ub % nh == 0).to(work)
-    cover_c = 2.0 - (torch.arange(wb, device=dev) % nw == 0).to(work)
-    z = z / (cover_r[:, None] * cover_c[None, :])
-    out = F.pixel_shuffle(z, stride)[..., pt : pt + h, pl : pl + w]
+    xcand = _row_groups(bx.index_select(2, bcols.reshape(-1)).reshape(b, hb, nbt, bspan, dx), nh, nwin, group)
+
+    def aggregate_rows(rows: slice, starts: slice) -> Tensor:  # B x rows x nbt x kT x Dx
+        z = None
+        for g in range(ngroup):
+            part = fw[:, g, rows] @ xcand[:, _shifted(starts, g * group)]
+            z = part if z is None else z + part
+        return z
+
+    z = _by_window_rows(aggregate_rows, nh, nwin)
+    # Divide by the patches covering each block (2 per axis inside, 1 on the first and last block
+    # row/column), then B x hb x nbt x k x T x (C x s x s) -> B x k*C x Hp x Wp in one copy.
+    cover_r = 2.0 - ((ub == 0) | (ub == nh)).to(work)  # hb
+    vcol = torch.arange(nbt * tile, device=dev)
+    cover_c = 2.0 - ((vcol == 0) | (vcol == nw)).to(work)  # nbt*T (columns >= wb are cropped)
+    inv_cover = (1.0 / (cover_r[:, None] * cover_c[None, :])).reshape(hb, nbt, 1, tile, 1, 1, 1)
+    z = z.reshape(b, hb, nbt, k, tile, c, stride, stride) * inv_cover
+    out = z.permute(0, 3, 5, 1, 6, 2, 4, 7).reshape(b, k * c, hb * stride, nbt * tile * stride)
+    out = out[..., pt : pt + h, pl : pl + w]
     return out.reshape(b, k * c, h, w).to(out_dtype)

@@ -43,6 +43,9 @@ class TrainConfig:
         threads: torch intra-op threads (``None``: torch's default, or cores / local ranks).
         stop_after: stop (resumably) after this many steps of *this invocation*.
         compile: wrap the model in ``torch.compile``.
+        init_from: start from the weights of this n3deploy checkpoint (fine-tuning or a warm
+            restart with a new schedule); its model config must equal this run's. The optimiser
+            starts fresh.
     """
 
     data: Path
@@ -69,10 +72,12 @@ class TrainConfig:
     threads: int | None = None
     stop_after: int | None = None
     compile: bool = False
+    init_from: Path | None = None
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.out = Path(self.out)
+        self.init_from = Path(self.init_from) if self.init_from is not None else None
         self.val = Path(self.val) if self.val is not None else None
         if self.sigma_range is not None:
             self.sigma_range = (float(self.sigma_range[0]), float(self.sigma_range[1]))
@@ -110,6 +115,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
         d["val"] = str(self.val) if self.val is not None else None
+        d["init_from"] = str(self.init_from) if self.init_from is not None else None
         d["sigma_range"] = list(self.sigma_range) if self.sigma_range is not None else None
         d["model_config"] = self.model_config.to_dict() if self.model_config is not None else None
         return d

@@ -124,6 +124,19 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, step: int) -> None
         )
 
 
+def _load_initial_weights(model: torch.nn.Module, path: Path, model_cfg) -> None:
+    """Copy the weights of checkpoint ``path`` into ``model`` (``--init-from``)."""
+    from ..checkpoint import load_checkpoint, read_checkpoint_header
+
+    saved_cfg, _ = read_checkpoint_header(path)
+    if saved_cfg != model_cfg:
+        raise N3DeployError(
+            f"--init-from {path}: its model config differs from this run's "
+            f"({saved_cfg} vs {model_cfg}); pick the matching --preset/--channels"
+        )
+    model.load_state_dict(load_checkpoint(path).state_dict())
+
+
 def _plot_curve(history: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -197,6 +210,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
     model_cfg = cfg.build_model_config()
     torch.manual_seed(cfg.seed)
     model = N3Net(model_cfg).to(device)
+    if cfg.init_from is not None and not resume:
+        _load_initial_weights(model, cfg.init_from, model_cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, history, best_psnr, wall_before = 0, [], -math.inf, 0.0
     if resume:
