@@ -33,11 +33,13 @@ MIN_SIZE = 15  # N3Net needs two patches along each axis
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
-def _config_channels(metadata: dict[str, Any]) -> int:
+def _config(metadata: dict[str, Any]) -> dict[str, Any]:
     config = metadata.get("config", {})
-    if isinstance(config, str):
-        config = json.loads(config)
-    return int(config.get("in_channels", 1))
+    return json.loads(config) if isinstance(config, str) else dict(config or {})
+
+
+def _config_channels(metadata: dict[str, Any]) -> int:
+    return int(_config(metadata).get("in_channels", 1))
 
 
 class Denoiser:
@@ -100,7 +102,10 @@ class Denoiser:
         if side < 2 * MIN_SIZE:
             raise ValueError(f"tile must be at least {2 * MIN_SIZE} px, got {side}")
         ov = overlap if overlap is not None else min(DEFAULT_OVERLAP, side // 4)
-        return TilePlan(tile=(side, side), overlap=ov, min_size=max(MIN_SIZE, getattr(limits, "min_size", 1)))
+        return TilePlan(
+            tile=(side, side), overlap=ov, min_size=max(MIN_SIZE, getattr(limits, "min_size", 1)),
+            stride=int(_config(self.metadata).get("stride", 1)),
+        )
 
     # ------------------------------------------------------------------ public
     def denoise(self, image: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:

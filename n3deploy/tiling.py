@@ -9,6 +9,11 @@ Everything here is NumPy and backend-agnostic: ``run`` is any function mapping a
   by a ramp that rises linearly across the overlap (flat where a tile touches the image
   border), and the weighted sum is normalised, so no seam shows. N3Net is non-local (its
   search window spans 75 px each way), so the default overlap is generous.
+* Tiles keep the model's patch grid (``stride``): N3Net pads each input so that its patches
+  tile it with stride 5, so a tile of another size or offset would cut the image into other
+  patches than the whole-image run and differ everywhere, not just near its edges. Tiles
+  therefore start at multiples of the stride and their size is congruent to the image's
+  modulo the stride (same padding), so every tile sees exactly the whole image's patches.
 """
 
 from __future__ import annotations
@@ -34,22 +39,32 @@ class TilePlan:
     overlap: int
     min_size: int = 1
     fixed: bool = False
+    stride: int = 1  # keep the model's patch grid (not possible for fixed-shape backends)
 
     def __post_init__(self) -> None:
-        if min(self.tile) < 1 or self.overlap < 0:
+        if min(self.tile) < 1 or self.overlap < 0 or self.stride < 1:
             raise ValueError(f"bad tile plan {self}")
         if self.overlap * 2 >= min(self.tile):
             raise ValueError(f"overlap {self.overlap} must be less than half the tile {self.tile}")
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap`` shared."""
+def tile_starts(size: int, tile: int, overlap: int, stride: int = 1) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap`` shared.
+
+    Starts are multiples of ``stride`` (the last one, ``size - tile``, too when ``tile`` is
+    congruent to ``size`` modulo ``stride``: see :func:`aligned_tile`).
+    """
     if size <= tile:
         return [0]
-    step = tile - overlap
-    n = -(-(size - overlap) // step)  # ceil
+    step = max(stride, (tile - overlap) // stride * stride)
+    n = -(-(size - tile) // step) + 1  # ceil
     starts = [min(i * step, size - tile) for i in range(n)]
     return sorted(set(starts))
+
+
+def aligned_tile(size: int, tile: int, stride: int) -> int:
+    """The largest tile length ``<= tile`` congruent to ``size`` modulo ``stride``."""
+    return tile - (tile - size) % stride
 
 
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
@@ -89,10 +104,15 @@ def run_tiled(run: RunFn, x: np.ndarray, plan: TilePlan) -> np.ndarray:
         need_h = th if plan.fixed else max(h, plan.min_size)
         need_w = tw if plan.fixed else max(w, plan.min_size)
         return _run_padded(run, x, need_h, need_w)
-    th, tw = min(th, h) if not plan.fixed else th, min(tw, w) if not plan.fixed else tw
+    stride = 1
+    if not plan.fixed:
+        th, tw = min(th, h), min(tw, w)
+        if min(th, tw) - plan.stride > 2 * plan.overlap:
+            stride = plan.stride
+            th, tw = aligned_tile(h, th, stride), aligned_tile(w, tw, stride)
     out = np.zeros((b, c, h, w), dtype=np.float32)
     weight = np.zeros((h, w), dtype=np.float32)
-    rows, cols = tile_starts(h, th, plan.overlap), tile_starts(w, tw, plan.overlap)
+    rows, cols = tile_starts(h, th, plan.overlap, stride), tile_starts(w, tw, plan.overlap, stride)
     for r in rows:
         for s in cols:
             tile = x[..., r : r + th, s : s + tw]

@@ -42,6 +42,24 @@ def test_tiles_cover_with_the_requested_overlap():
     assert all(b - a <= 256 - 64 for a, b in zip(starts, starts[1:]))
 
 
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(97, 400), w=st.integers(97, 400))
+def test_tiles_keep_the_models_patch_grid(h, w):
+    """With stride 5, every tile starts on a multiple of 5 and has the image's size modulo 5,
+    so the model pads it like the whole image and sees the same patches."""
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    x = np.stack([rows, cols]).astype(np.float32)[None]  # 1 x 2 x H x W: absolute coordinates
+    seen = []
+    run = lambda t: seen.append((int(t[0, 0, 0, 0]), int(t[0, 1, 0, 0]), *t.shape[-2:])) or t  # noqa: E731
+    out = run_tiled(run, x, TilePlan(tile=(96, 96), overlap=24, min_size=15, stride=5))
+    np.testing.assert_allclose(out, x, rtol=1e-6)
+    assert len(seen) > 1
+    for top, left, th, tw in seen:
+        assert top % 5 == 0 and left % 5 == 0, (top, left)
+        assert th % 5 == h % 5 and tw % 5 == w % 5, (th, tw)
+        assert 2 * 24 < min(th, tw) <= 96
+
+
 def test_blending_hides_tile_seams_of_a_local_filter():
     """A 5x5 box filter: tiles differ from the whole image only near their own borders, and
     the linear blend keeps the difference far below the filter's own effect."""

@@ -181,6 +181,22 @@ def _breakdown_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _denoiser_section(doc: dict[str, Any]) -> list[str]:
+    den = doc.get("denoiser") or {}
+    if not den:
+        return []
+    lines = [f"## The embedded API on a large photo ({den['width']}×{den['height']} RGB uint8)", ""]
+    if not den.get("ok"):
+        return lines + [f"Not measured: {den.get('error')}", ""]
+    return lines + [
+        f"`n3deploy.Denoiser(model.onnx).denoise(image)` in a fresh process: backend `{den['backend']}`, "
+        f"the three channels one after the other, each in overlapping tiles of {den['tile'][0]}×{den['tile'][1]} "
+        f"(overlap {den['overlap']} px): **{den['seconds']:.1f} s, peak RSS {den['peak_rss_mb']:.0f} MB** "
+        f"(base {den['base_rss_mb']:.0f} MB; other load {_pct(den.get('foreign_cpu_share'))}).",
+        "",
+    ]
+
+
 def _criteria_section(doc: dict[str, Any]) -> list[str]:
     c = doc.get("criteria") or {}
     lines = ["## Acceptance bars", ""]
@@ -194,6 +210,10 @@ def _criteria_section(doc: dict[str, Any]) -> list[str]:
     else:
         detail = eff.get("reason", "")
     lines.append(f"- {eff.get('bar', 'CPU efficiency')}: {_verdict(eff.get('met'))} ({detail})")
+    den = c.get("denoiser_rss", {})
+    if den:
+        detail = f"{den['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in den else den.get("reason", "")
+        lines.append(f"- {den['bar']}: {_verdict(den.get('met'))} ({detail})")
     ovt = c.get("ort_vs_torch_static")
     if ovt:
         lines.append(f"- ONNX Runtime CPU FP32 vs PyTorch static at {ovt['size']}: {ovt['speedup']:.2f}× "
@@ -213,6 +233,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines += _machine_section(doc)
     lines += _criteria_section(doc)
     lines += _breakdown_section(doc)
+    lines += _denoiser_section(doc)
     lines += _results_section(doc)
     lines += _flops_section(doc)
     return "\n".join(lines).rstrip() + "\n"

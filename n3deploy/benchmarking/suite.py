@@ -38,6 +38,8 @@ __all__ = [
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((256, 256), (481, 321), (1024, 1024), (1920, 1080), (3840, 2160))
 QUICK_SIZES: tuple[tuple[int, int], ...] = ((256, 256), (481, 321))
 BREAKDOWN_SIZE = (481, 321)  # width x height, the BSD68 / issue-2 size
+DENOISER_SIZE = (1920, 1080)  # width x height of the Denoiser (tiled, RGB uint8) memory check
+DENOISER_RSS_LIMIT_MB = 3 * 1024
 SCHEMA_VERSION = 1
 
 # name -> (label, kind, precision, device)
@@ -70,6 +72,7 @@ class BenchSettings:
     breakdown: bool = True
     breakdown_repeats: int = 3
     breakdown_size: tuple[int, int] = BREAKDOWN_SIZE  # (width, height)
+    denoiser_size: tuple[int, int] | None = DENOISER_SIZE  # RGB uint8 image through Denoiser + ORT FP32
     matmul_n: int = 2048
     memory_fraction: float = 0.85  # skip sizes predicted to need more of the available memory
     budget_s: float = 0.0  # 0: unlimited; otherwise skip jobs predicted to overrun
@@ -355,18 +358,13 @@ def _worker_measure(job: dict[str, Any]) -> dict[str, Any]:
                 return model(xt)
 
     elif kind == "ort":
-        import onnxruntime as ort
+        from ..backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-        sess = ort.InferenceSession(job["onnx"], opts, providers=[provider])
-        inp = sess.get_inputs()[0]
-        feed = {inp.name: x.astype(np.float16) if "float16" in inp.type else x}
+        # the session settings the Denoiser and `n3deploy` use (memory pattern off, arena on)
+        backend = OnnxRuntimeBackend(job["onnx"], device=device, threads=threads, strict=True)
 
         def fn() -> Any:
-            return sess.run(None, feed)
+            return backend.run(x)
 
     elif kind == "tensorrt":
         from ..backends import load_backend  # type: ignore[attr-defined]
@@ -424,7 +422,30 @@ def _worker_export(job: dict[str, Any]) -> dict[str, Any]:
     return {"onnx": job["onnx"]}
 
 
-_WORKERS = {"measure": _worker_measure, "breakdown": _worker_breakdown, "export": _worker_export}
+def _worker_denoiser(job: dict[str, Any]) -> dict[str, Any]:
+    """``Denoiser(onnx).denoise`` of one RGB uint8 image in a fresh process: time and peak RSS."""
+    from ..perf import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    import numpy as np
+
+    from ..denoiser import Denoiser
+
+    denoiser = Denoiser(job["onnx"], backend="onnxruntime")
+    rng = np.random.default_rng(job["seed"])
+    image = rng.integers(0, 256, (job["height"], job["width"], 3), dtype=np.uint8)
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    out = denoiser.denoise(image)
+    seconds = time.perf_counter() - t0
+    if out.shape != image.shape or out.dtype != image.dtype:
+        raise RuntimeError(f"Denoiser returned {out.shape} {out.dtype} for {image.shape} {image.dtype}")
+    return {"seconds": seconds, "base_rss_mb": base, "peak_rss_mb": _peak_rss_mb(), "backend": denoiser.backend,
+            "tile": list(denoiser.plan.tile), "overlap": denoiser.plan.overlap}
+
+
+_WORKERS = {"measure": _worker_measure, "breakdown": _worker_breakdown, "export": _worker_export,
+            "denoiser": _worker_denoiser}
 
 
 def worker_main(argv: list[str]) -> int:
@@ -497,9 +518,20 @@ def run_worker(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------- suite
+def _graph_source_digest() -> str:
+    """Digest of the code an exported graph depends on (model, KNN, export), so a cached graph
+    is never reused after that code changed."""
+    root = Path(__file__).resolve().parents[1]
+    files = sorted([root / "config.py", root / "model.py", *(root / "knn").glob("*.py"), *(root / "export").glob("*.py")])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
 def _export_cache(settings: BenchSettings, fp16: bool) -> Path:
     key = hashlib.sha256(
-        json.dumps([settings.preset, settings.seed, fp16, SCHEMA_VERSION]).encode()
+        json.dumps([settings.preset, settings.seed, fp16, SCHEMA_VERSION, _graph_source_digest()]).encode()
     ).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / "n3deploy-bench-cache"
     folder.mkdir(parents=True, exist_ok=True)
@@ -571,6 +603,15 @@ def evaluate_criteria(doc: dict[str, Any]) -> dict[str, Any]:
     ort, torch_ = rows.get(("ort-cpu-fp32", w, h)), rows.get(("torch-static", w, h))
     if ort and torch_:
         out["ort_vs_torch_static"] = {"size": f"{w}x{h}", "speedup": torch_["median_s"] / ort["median_s"]}
+    den = doc.get("denoiser") or {}
+    crit = {"bar": f"Denoiser on the FP32 ONNX graph, {den.get('width', DENOISER_SIZE[0])}x"
+                   f"{den.get('height', DENOISER_SIZE[1])} RGB uint8 on CPU: peak RSS <= 3 GB",
+            "limit_mb": DENOISER_RSS_LIMIT_MB}
+    if den.get("ok"):
+        crit.update(peak_rss_mb=den["peak_rss_mb"], met=den["peak_rss_mb"] <= DENOISER_RSS_LIMIT_MB)
+    else:
+        crit["met"], crit["reason"] = None, den.get("error", "not measured")
+    out["denoiser_rss"] = crit
     return out
 
 
@@ -586,6 +627,8 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     rows = [fresh.pop(key(r), r) for r in old.get("results", [])]
     rows += [r for r in new["results"] if key(r) in fresh or key(r) not in {key(o) for o in rows}]
     merged["results"] = rows
+    if not (new.get("denoiser") or {}).get("ok") and (old.get("denoiser") or {}).get("ok"):
+        merged["denoiser"] = old["denoiser"]
     ob, nb = old.get("breakdown") or {}, new.get("breakdown") or {}
     if ob and (not nb or ob.get("foreign_cpu_share", 1.0) < nb.get("foreign_cpu_share", 1.0)):
         merged["breakdown"] = ob  # keep the less contended breakdown
@@ -653,6 +696,10 @@ def run_suite(settings: BenchSettings, json_path: Path | None = None, log: Calla
                 log(_describe(m))
                 doc["criteria"] = evaluate_criteria(doc)
                 _write(doc, json_path)
+        if settings.denoiser_size:
+            _run_denoiser(settings, graphs, doc, log)
+            doc["criteria"] = evaluate_criteria(doc)
+            _write(doc, json_path)
         wait_for_quiet(settings.quiet_wait_s)
         end_peak = matmul_peak(settings.matmul_n, threads)
         log(f"matmul peak at the end: {end_peak['gflops']:.1f} GFLOP/s")
@@ -751,6 +798,23 @@ def _run_breakdown(settings: BenchSettings, doc: dict[str, Any], json_path: Path
     if s.get("ok") and r.get("ok"):
         doc["breakdown"]["speedup_total"] = r["total_s"] / s["total_s"]
         doc["breakdown"]["speedup_nonlocal"] = r["nonlocal_s"] / s["nonlocal_s"]
+
+
+def _run_denoiser(settings: BenchSettings, graphs: dict[str, str], doc: dict[str, Any], log: Callable[[str], None]) -> None:
+    w, h = settings.denoiser_size
+    if "fp32" not in graphs:
+        doc["denoiser"] = {"ok": False, "width": w, "height": h, "error": "no FP32 ONNX graph (ONNX Runtime unavailable?)"}
+        return
+    job = {"task": "denoiser", "onnx": graphs["fp32"], "width": w, "height": h, "seed": settings.seed,
+           "threads": settings.resolved_threads()}
+    waited = wait_for_quiet(settings.quiet_wait_s)
+    res = run_worker_accounted(job, settings.job_timeout_s)
+    doc["denoiser"] = {**res, "width": w, "height": h, "quiet_wait_s": waited}
+    if res["ok"]:
+        log(f"denoiser {w}x{h} RGB uint8 ({res['backend']}, tiles {res['tile']}, overlap {res['overlap']}): "
+            f"{res['seconds']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB")
+    else:
+        log(f"denoiser {w}x{h}: failed ({res['error']})")
 
 
 def command_line(prog: str, argv: list[str]) -> str:

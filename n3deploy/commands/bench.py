@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-breakdown", action="store_true", help="skip the non-local vs CNN breakdown at 481x321")
     p.add_argument("--breakdown-repeats", type=int, default=None, help="timed runs of the breakdown (default 3)")
     p.add_argument("--breakdown-size", default="481x321", metavar="WxH", help="size of the breakdown (default 481x321)")
+    p.add_argument("--denoiser-size", default="1920x1080", metavar="WxH",
+                   help="RGB uint8 image the Denoiser (tiled, ONNX Runtime FP32) is measured on, or 'none' (default 1920x1080)")
     p.add_argument("--matmul-n", type=int, default=2048, help="matrix size of the matmul peak measurement (default 2048)")
     p.add_argument("--budget-s", type=float, default=0.0, help="skip jobs predicted to overrun this total time")
     p.add_argument("--quiet-wait-s", type=float, default=90.0,
@@ -83,6 +85,7 @@ def settings_from_args(args: argparse.Namespace, command: str):
         breakdown=not args.no_breakdown,
         breakdown_repeats=args.breakdown_repeats if args.breakdown_repeats is not None else (1 if args.quick else 3),
         breakdown_size=parse_size(args.breakdown_size),
+        denoiser_size=None if args.denoiser_size == "none" or args.quick else parse_size(args.denoiser_size),
         matmul_n=args.matmul_n,
         budget_s=args.budget_s,
         quiet_wait_s=args.quiet_wait_s,
