@@ -167,10 +167,15 @@ def test_merge_keeps_old_rows_and_replaces_remeasured_ones() -> None:
         return dict(backend=backend, width=64, height=64, status=status, median_s=median, peak_rss_mb=1.0, gflops=1.0)
 
     old = {"command": "first", "results": [row("torch-static", "ok", 2.0), row("ort-cpu-fp32", "ok", 1.0)],
-           "breakdown": {"static": {"ok": True}}, "matmul_peak": {"gflops": 90.0}}
+           "breakdown": {"static": {"ok": True}}, "matmul_peak": {"gflops": 90.0},
+           "backends": [{"name": "torch-static", "label": "old"}, {"name": "ort-cpu-fp32", "label": "ORT"}],
+           "denoiser": {"ok": True, "peak_rss_mb": 1000.0}}
     new = {"command": "second", "results": [row("torch-static", "ok", 1.5), row("ort-cpu-fp32", "failed", None)],
-           "breakdown": {}, "matmul_peak": {"gflops": 100.0}}
+           "breakdown": {}, "matmul_peak": {"gflops": 100.0}, "backends": [{"name": "torch-static", "label": "new"}]}
     merged = merge_results(old, new)
     assert [r["median_s"] for r in merged["results"]] == [1.5, 1.0]
+    # every backend keeps its label, a re-probed one the new one; the measured Denoiser is kept
+    assert {b["name"]: b["label"] for b in merged["backends"]} == {"torch-static": "new", "ort-cpu-fp32": "ORT"}
+    assert merged["denoiser"]["peak_rss_mb"] == 1000.0
     assert merged["breakdown"] == old["breakdown"] and merged["commands"] == ["first", "second"]
     assert merged["matmul_peak"]["gflops"] == 100.0

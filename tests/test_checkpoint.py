@@ -54,3 +54,18 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         save_checkpoint(model, tmp_path / "m.safetensors", bad=object())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Files written through atomic_path get 0666 & ~umask, like open(), not mkstemp's 0600."""
+    import os
+
+    from n3deploy.fileio import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644

@@ -123,6 +123,9 @@ def test_inputs_inside_profile_pass(spec):
     for shape in [(1, 1, 64, 64), (1, 1, 1080, 1920), (1, 1, 333, 77)]:
         check_input_shape(meta, shape)
     assert meta.input_shape_limits() == {"min": (1, 1, 64, 64), "opt": (1, 1, 512, 512), "max": (1, 1, 1080, 1920)}
+    limits = meta.backend_limits()  # what TensorRTBackend reports, so the Denoiser tiles inside the profile
+    assert limits.is_dynamic and (limits.channels, limits.batch, limits.min_size) == (1, 1, 64)
+    assert (limits.max_height, limits.max_width) == (1080, 1920)
 
 
 def test_out_of_profile_input_suggests_a_wider_rebuild(spec):
@@ -145,6 +148,8 @@ def test_fixed_shape_engine_accepts_only_its_shape(tmp_path):
     meta = _meta(fixed)
     check_input_shape(meta, (1, 1, 128, 96))
     assert meta.profile is None and meta.input_shape_limits()["max"] == (1, 1, 128, 96)
+    limits = meta.backend_limits()
+    assert not limits.is_dynamic and (limits.height, limits.width, limits.batch) == (128, 96, 1)
     with pytest.raises(EngineMismatchError, match="fixed input shape 1x1x128x96"):
         check_input_shape(meta, (1, 1, 96, 128))
 

@@ -96,7 +96,8 @@ def test_fp16_engine_matches_onnxruntime_fp32(fp16_plan, graphs):
     plan, _ = fp16_plan
     backend = TensorRTBackend(plan)
     assert backend.precision == "fp16" and backend.metadata["sigma"] == 25
-    assert backend.input_shape_limits["max"] == (1, 1, 512, 512)
+    limits = backend.input_shape_limits
+    assert (limits.max_height, limits.max_width, limits.channels) == (512, 512, 1) and limits.is_dynamic
     rng = np.random.default_rng(0)
     for shape in [(1, 1, 32, 32), (1, 1, 256, 256), (1, 1, 300, 512), (1, 1, 512, 77)]:
         x = rng.random(shape, dtype=np.float32)

@@ -18,16 +18,12 @@ import numpy as np
 
 from ..errors import InvalidImageError
 from ..tensorrt.metadata import EngineMetadata
-
-try:  # the Backend base class is written alongside this module; tolerate its absence meanwhile
-    from .base import Backend as _BackendBase  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - only while n3deploy/backends/base.py does not exist
-    _BackendBase = object  # type: ignore[misc,assignment]
+from .base import Backend, InputShapeLimits
 
 __all__ = ["TensorRTBackend", "load_tensorrt_backend"]
 
 
-class TensorRTBackend(_BackendBase):  # type: ignore[misc]
+class TensorRTBackend(Backend):
     """Runs a TensorRT plan; ``run`` maps float32 B×C×H×W to float32 B×C×H×W."""
 
     name = "tensorrt"
@@ -68,9 +64,10 @@ class TensorRTBackend(_BackendBase):  # type: ignore[misc]
         return [f"TensorRT {meta.tensorrt_version} ({meta.gpu_name}, buffers via {self._engine.buffer_source})"]
 
     @property
-    def input_shape_limits(self) -> dict[str, tuple[int, ...]]:
-        """``{"min", "opt", "max"}`` NCHW shapes the engine accepts (all equal for a fixed-shape engine)."""
-        return self.engine_metadata.input_shape_limits()
+    def input_shape_limits(self) -> InputShapeLimits:
+        """What the engine accepts: its profile's min/max (or its fixed shape); the full
+        ``{"min", "opt", "max"}`` shapes are ``engine_metadata.input_shape_limits()``."""
+        return self.engine_metadata.backend_limits()
 
     @property
     def metadata(self) -> dict[str, Any]:

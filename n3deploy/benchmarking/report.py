@@ -222,8 +222,12 @@ def _criteria_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(doc: dict[str, Any]) -> str:
-    """The whole ``BENCHMARKS.md`` text for a results document."""
+#: Hand-recorded development measurements appended to the report (path relative to the report).
+APPENDIX = Path("benchmarks") / "knn_formulations.md"
+
+
+def render_markdown(doc: dict[str, Any], appendix: str = "") -> str:
+    """The whole ``BENCHMARKS.md`` text for a results document (plus ``appendix`` Markdown)."""
     lines = [
         "# Benchmarks",
         "",
@@ -236,6 +240,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines += _denoiser_section(doc)
     lines += _results_section(doc)
     lines += _flops_section(doc)
+    if appendix.strip():
+        lines += ["", appendix.strip()]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -278,7 +284,8 @@ def write_plots(doc: dict[str, Any], plots_dir: Path) -> list[Path]:
 def write_report(doc: dict[str, Any], markdown_path: Path, plots_dir: Path) -> list[Path]:
     """Write the Markdown and both plots; image links are relative to the Markdown file."""
     paths = write_plots(doc, plots_dir)
-    text = render_markdown(doc)
+    appendix = markdown_path.parent / APPENDIX
+    text = render_markdown(doc, appendix.read_text() if appendix.is_file() else "")
     rel = os.path.relpath(plots_dir, markdown_path.parent).replace(os.sep, "/")
     text = text.replace("](docs/", f"]({rel}/")
     markdown_path.parent.mkdir(parents=True, exist_ok=True)

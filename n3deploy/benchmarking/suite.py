@@ -627,6 +627,8 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     rows = [fresh.pop(key(r), r) for r in old.get("results", [])]
     rows += [r for r in new["results"] if key(r) in fresh or key(r) not in {key(o) for o in rows}]
     merged["results"] = rows
+    probed = {b["name"] for b in new.get("backends", [])}
+    merged["backends"] = [*new.get("backends", []), *(b for b in old.get("backends", []) if b["name"] not in probed)]
     if not (new.get("denoiser") or {}).get("ok") and (old.get("denoiser") or {}).get("ok"):
         merged["denoiser"] = old["denoiser"]
     ob, nb = old.get("breakdown") or {}, new.get("breakdown") or {}

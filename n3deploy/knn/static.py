@@ -9,20 +9,26 @@ Formulation (``s`` = stride, ``W`` = window, ``T`` = column tile, ``D = C*s*s``)
 * **Patches are 2x2 blocks.** With ``patch = 2*stride`` every patch is 2x2 non-overlapping
   ``s x s`` blocks of the padded image (``pixel_unshuffle``), so the patch dot product is the
   sum of four block dot products and folding patches back is a sum over four block offsets.
-* **Distances: rows by window slot, columns by tiles.** The window of query row ``i`` is rows
-  ``start(i) + a`` (``W`` slots, a static loop). The queries of a tile of ``T`` columns draw
-  their candidates from one span of ``T + W - 1`` columns, so each slot's patch Gram matrix
-  is a dense batched matmul of query blocks against one gathered block-row span. The
-  distances are then gathered into slot form ``nh x nw x W x W`` (the exact window).
+* **Distances: rows by window slot, columns by tiles.** The window of block row ``u`` is
+  rows ``start(u) + a`` (``W + 1`` slots). The queries of a tile of ``T`` columns draw
+  their candidates from one span of ``T + W - 1`` columns, so the candidate blocks are
+  column-tiled once and stacked ``G`` rows at a time (:func:`_row_groups`); each slot
+  group's Gram matrix is then a batched matmul of query blocks against a *slice* of that
+  tensor: window starts are consecutive except at the clamped borders, so the rows of one
+  start form three runs (top, middle, bottom) and no per-row copy of the candidates is made
+  (:func:`_by_window_rows`). The distances are then gathered into slot form
+  ``nh x nw x W x W`` (the exact window).
 * **Softmax rounds** run on ``patches x W*W`` logits with the query itself and the slots
   outside small grids masked by a large finite negative number.
 * **Aggregation with folded weights.** Folding is linear, so the four patches covering a
   block can be folded into the *weights* first: output block ``u`` is a weighted sum over a
   ``(W+1) x (W+1)`` window of input blocks (``k x (W+1)^2`` weights per block), computed as
-  batched matmuls of block-row slots against column spans, like the distances. This needs
-  ``D``-dimensional blocks instead of ``4D``-dimensional patches: 4x fewer multiply-adds.
-* **Memory** is O(H*W): the largest tensors hold ``k*(W+1)*(T+W)`` weights per block; nothing
-  of size ``patches x window x patch_length`` ever exists.
+  batched matmuls of block-row slot groups against column spans, like the distances. This
+  needs ``D``-dimensional blocks instead of ``4D``-dimensional patches: 4x fewer
+  multiply-adds. Each axis is folded by two gathers straight into that banded layout.
+* **Memory** is O(H*W): the largest tensors hold ``k*(W+1)*(T+W)`` weights or ``G*(T+W)``
+  candidate blocks per block; nothing of size ``patches x window x patch_length`` ever exists.
+  Measured formulations and their timings: ``benchmarks/knn_formulations.md``.
 * **Precision plan.** Everything here runs in at least float32 whatever the input dtype
   (float16 inputs are upcast, the result cast back); masked logits are finite, never
   ``-inf``; log(1-exp(w)) is the branch-free :func:`n3deploy.knn.common.log1mexp`.

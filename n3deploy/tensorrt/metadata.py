@@ -115,6 +115,18 @@ class EngineMetadata:
         assert self.static_input_shape is not None
         return {"min": self.static_input_shape, "opt": self.static_input_shape, "max": self.static_input_shape}
 
+    def backend_limits(self):
+        """The engine's accepted inputs as the :class:`~n3deploy.backends.base.InputShapeLimits`
+        every backend reports (what the Denoiser tiles and pads to)."""
+        from ..backends.base import InputShapeLimits
+
+        shapes = self.input_shape_limits()
+        lo, hi = shapes["min"], shapes["max"]
+        batch = lo[0] if lo[0] == hi[0] else None
+        if self.profile is None:
+            return InputShapeLimits(channels=lo[1], batch=batch, height=lo[2], width=lo[3], min_size=min(lo[2:]))
+        return InputShapeLimits(channels=lo[1], batch=batch, min_size=max(lo[2:]), max_height=hi[2], max_width=hi[3])
+
     # -- (de)serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
