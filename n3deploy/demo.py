@@ -10,6 +10,7 @@ FP32/FP16 and TensorRT FP16 where present -> a parity/PSNR table, timings, a sid
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,7 +77,8 @@ def run_demo(outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, 
     from .evaluate import add_noise, image_rng, psnr
     from .export import export_onnx
 
-    console = console or Console()
+    # outside a terminal (CI logs, pipes) rich assumes 80 columns and truncates the table
+    console = console or (Console() if sys.stdout.isatty() else Console(width=140))
     outdir.mkdir(parents=True, exist_ok=True)
     ckpt = default_model_path()
     model = load_checkpoint(ckpt)

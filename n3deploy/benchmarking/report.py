@@ -21,7 +21,9 @@ def _verdict(met: bool | None) -> str:
 
 
 def _labels(doc: dict[str, Any]) -> dict[str, str]:
-    return {b["name"]: b["label"] for b in doc["backends"]}
+    from .suite import BACKENDS
+
+    return {**{name: spec[0] for name, spec in BACKENDS.items()}, **{b["name"]: b["label"] for b in doc["backends"]}}
 
 
 def _machine_section(doc: dict[str, Any]) -> list[str]:
