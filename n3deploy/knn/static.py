@@ -37,6 +37,7 @@ Formulation (``s`` = stride, ``W`` = window, ``T`` = column tile, ``D = C*s*s``)
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,6 @@ __all__ = ["knn_aggregate_static", "DEFAULT_TILE"]
 DEFAULT_TILE = 8
 DEFAULT_GROUP = 4
 MASKED_LOGIT = -1.0e30  # finite, never -inf: masked slots end up with weights < 1e-35
-_OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
 def _blocks(img: Tensor, stride: int) -> Tensor:
@@ -73,10 +73,11 @@ def _row_groups(t: Tensor, nh: int, window: int, group: int) -> Tensor:
 
 
 def _shifted(s: slice, offset: int) -> slice:
+    """``s`` moved by ``offset`` (the rows of slot group ``g`` are the window starts + ``g*G``)."""
     return slice(s.start + offset, s.stop + offset)
 
 
-def _by_window_rows(fn, nh: int, window: int) -> Tensor:
+def _by_window_rows(fn: Callable[[slice, slice], Tensor], nh: int, window: int) -> Tensor:
     """``cat_u fn(u, start(u))`` over the block rows ``u = 0 .. nh`` without gathering rows.
 
     ``fn(rows, starts)`` computes block rows ``rows`` (a slice) given the slice of their
