@@ -46,6 +46,7 @@ __all__ = [
     "PartPrecision",
     "audit_model",
     "load_onnx",
+    "tensor_elem_types",
 ]
 
 # TensorRT's per-tensor limit: volumes must stay below 2^31 elements.
@@ -240,13 +241,21 @@ def node_part(node: onnx.NodeProto) -> str:
     return ".".join(parts[: 3 if parts[0] == "nls" else 2])
 
 
-def _precision_by_part(model: onnx.ModelProto) -> list[PartPrecision]:
+def tensor_elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """ONNX element type (``TensorProto.FLOAT``, ...) of every tensor ONNX shape inference can
+    type: inputs, outputs, intermediates and initializers (a failing inference types fewer)."""
     try:
         typed = onnx.shape_inference.infer_shapes(model)
     except Exception:
         typed = model
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(typed.graph.value_info) + list(typed.graph.output)}
+    g = typed.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]}
     types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
+def _precision_by_part(model: onnx.ModelProto) -> list[PartPrecision]:
+    types = tensor_elem_types(model)
     counts: dict[str, Counter] = defaultdict(Counter)
     for node in model.graph.node:
         if node.op_type in _BOOKKEEPING_OPS or not node.output:

@@ -44,7 +44,7 @@ import onnx
 from .. import __version__
 from ..errors import N3DeployError
 from ..fileio import atomic_path
-from .audit import AuditReport, GraphAuditError, audit_model
+from .audit import AuditReport, GraphAuditError, audit_model, tensor_elem_types
 from .metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata, InputSpec, write_metadata
 
 __all__ = [
@@ -153,20 +153,6 @@ def _trace_size(min_size: int, max_height: int, max_width: int) -> tuple[int, in
     return min(max(173, min_size), max_height), min(max(181, min_size), max_width)
 
 
-def _remainder_scalar(self, other):
-    """``aten::remainder.Scalar`` for a symbolic (SymInt) divisor, which torchlib's version rejects.
-
-    The static KNN computes ``arange(n) % nh`` with ``nh`` derived from the input size. Integer
-    ``Mod`` (fmod=0) has Python's sign convention, as ``remainder`` does; TensorRT supports Mod.
-    """
-    from onnxscript import opset18 as op
-
-    other = op.CastLike(other, self)
-    if self.dtype is not None and self.dtype.is_floating_point():
-        return op.Sub(self, op.Mul(op.Floor(op.Div(self, other)), other))
-    return op.Mod(self, other)
-
-
 def _module_scope(node: onnx.NodeProto) -> str:
     """Innermost torch module path of a node, from the dynamo exporter's ``name_scopes`` metadata."""
     props = {p.key: p.value for p in node.metadata_props}
@@ -227,12 +213,7 @@ def _apply_scopes(model: onnx.ModelProto, scopes: dict[str, str]) -> None:
 
 def _lower_castlike(model: onnx.ModelProto) -> None:
     """``CastLike(x, like)`` -> ``Cast(x, to=type(like))`` (onnx-tensorrt has no CastLike)."""
-    try:
-        typed = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        typed = model
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(typed.graph.value_info) + list(typed.graph.input)}
-    types.update({t.name: t.data_type for t in model.graph.initializer})
+    types = tensor_elem_types(model)
     for node in model.graph.node:
         if node.op_type != "CastLike" or node.domain not in ("", "ai.onnx"):
             continue
@@ -465,7 +446,6 @@ def export_onnx(
                     verbose=False,
                     input_names=[INPUT_NAME],
                     output_names=[OUTPUT_NAME],
-                    custom_translation_table={torch.ops.aten.remainder.Scalar: _remainder_scalar},
                 )
         except Exception as exc:
             raise ExportError(f"torch.onnx could not translate the model: {type(exc).__name__}: {str(exc)[:2000]}") from exc
