@@ -20,6 +20,7 @@ _LAZY = {
     "export_onnx": "n3deploy.export.onnx_export",
     "Denoiser": "n3deploy.denoiser",
     "default_model_path": "n3deploy.assets",
+    "shipped_model_path": "n3deploy.assets",
 }
 
 __all__ = ["__version__", *_LAZY]

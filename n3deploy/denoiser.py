@@ -27,7 +27,7 @@ from .tiling import TilePlan, run_tiled
 
 __all__ = ["Denoiser", "DEFAULT_TILE", "DEFAULT_OVERLAP"]
 
-DEFAULT_TILE = 384  # px; ONNX Runtime needs ~12 KB per pixel of tile for the paper preset (BENCHMARKS.md)
+DEFAULT_TILE = 512  # px; ONNX Runtime needs ~3 KB per pixel of tile for the paper preset (BENCHMARKS.md)
 DEFAULT_OVERLAP = 64
 MIN_SIZE = 15  # N3Net needs two patches along each axis
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -50,7 +50,7 @@ class Denoiser:
             ``None`` uses the model shipped with n3deploy (:func:`n3deploy.default_model_path`).
         backend: ``auto`` (TensorRT plan on a GPU, else ONNX Runtime with the best provider
             that works, else torch), ``torch``, ``onnxruntime`` or ``tensorrt``.
-        tile: tile side in px for large images (default 384, or the graph's fixed shape).
+        tile: tile side in px for large images (default 512, or the graph's fixed shape).
         overlap: px shared by neighbouring tiles, blended linearly (default 64).
         device: ``cpu``/``cuda`` (backend-specific; ``None`` chooses).
     """

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -14,7 +15,7 @@ from torch import nn
 
 from n3deploy.benchmarking.flops import conv_flops_per_pixel, model_flops_per_pixel
 from n3deploy.benchmarking.report import render_markdown, write_report
-from n3deploy.benchmarking.suite import BenchSettings, evaluate_criteria, parse_size, paused, run_suite
+from n3deploy.benchmarking.suite import BenchSettings, evaluate_criteria, parse_size, paused, probe_backends, run_suite
 from n3deploy.config import N3NetConfig
 from n3deploy.model import N3Net
 
@@ -193,3 +194,29 @@ def test_denoiser_job_measures_an_rgb_image_through_onnx_runtime(tiny_onnx) -> N
     doc = {"results": [], "denoiser": {"ok": True, "width": 100, "height": 70, **res}}
     crit = evaluate_criteria(doc)["denoiser_rss"]
     assert crit["met"] is (res["peak_rss_mb"] <= 3 * 1024) and crit["peak_rss_mb"] == res["peak_rss_mb"]
+
+
+def test_gpu_results_render_as_their_own_section_without_a_cpu_peak_share() -> None:
+    """A document measured on a GPU machine becomes its own section (its machine, its command)."""
+    cpu_doc = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results.json").read_text())
+    gpu_doc = json.loads(json.dumps(cpu_doc))
+    gpu_doc["machine"]["gpu"] = "Some GPU 80GB"
+    gpu_doc["commands"] = ["runtime/bench.py --backends torch-cuda-fp32 torch-cuda-fp16 --json results_gpu.json"]
+    row = dict(next(r for r in gpu_doc["results"] if r["status"] == "ok"), backend="torch-cuda-fp16", gpu_mem_mb=321.0)
+    gpu_doc["results"] = [row]
+    text = render_markdown(cpu_doc, gpu_doc=gpu_doc)
+    head, gpu_part = text.split("# On a GPU: Some GPU 80GB", 1)
+    assert "torch-cuda-fp16" not in head and "results_gpu.json" in gpu_part
+    (line,) = [x for x in gpu_part.splitlines() if x.startswith("| PyTorch CUDA, static KNN (FP16 plan)")]
+    cells = [c.strip() for c in line.split("|")]
+    assert cells[8] == "–" and cells[11] == "321"  # no share of the CPU's matmul peak; GPU memory shown
+    assert "### Latency, throughput and memory" in gpu_part  # demoted under the GPU heading
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_cuda_backends_say_why_they_cannot_run_here() -> None:
+    infos = {i.name: i for i in probe_backends(("torch-cuda-fp32", "torch-cuda-fp16", "torch-static"))}
+    assert infos["torch-static"].available
+    for name in ("torch-cuda-fp32", "torch-cuda-fp16"):
+        assert not infos[name].available and infos[name].reason == "no CUDA GPU visible to PyTorch"
+    assert infos["torch-cuda-fp16"].precision == "fp16"

@@ -233,6 +233,46 @@ def test_sigint_stops_between_steps_and_resumes_exactly(image_dir, tmp_path, mon
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _poison_step(monkeypatch, bad_steps: set[int]) -> None:
+    """Make the noisy batch of the given (0-based) steps NaN, as a numerically broken step would."""
+    from n3deploy.training import trainer
+
+    real = trainer.step_rng
+
+    class Sampler(PatchSampler):
+        def batch(self, rng, batch_size):
+            noisy, clean, sigma = super().batch(rng, batch_size)
+            if rng.step in bad_steps:
+                noisy = np.full_like(noisy, np.nan)
+            return noisy, clean, sigma
+
+    class Tagged:  # numpy Generators do not take attributes: wrap one
+        def __init__(self, rng, step):
+            self._rng, self.step = rng, step
+
+        def __getattr__(self, name):
+            return getattr(self._rng, name)
+
+    monkeypatch.setattr(trainer, "step_rng", lambda seed, step, rank=0: Tagged(real(seed, step, rank), step))
+    monkeypatch.setattr(trainer, "PatchSampler", Sampler)
+
+
+def test_a_non_finite_step_is_skipped_and_training_goes_on(image_dir, tmp_path, monkeypatch):
+    _poison_step(monkeypatch, {1})
+    cfg = cfg_for(image_dir, tmp_path / "run", steps=4)
+    result = train(cfg, progress=False)
+    assert result["finished"] and result["skipped_steps"] == 1
+    history = json.loads((cfg.out / HISTORY_FILE).read_text())
+    assert [h.get("skipped", False) for h in history] == [False, True, False, False]
+    assert all(torch.isfinite(w).all() for w in weights(cfg.out / LAST_FILE).values())
+
+
+def test_a_run_of_non_finite_steps_stops_with_a_clear_error(image_dir, tmp_path, monkeypatch):
+    _poison_step(monkeypatch, set(range(100)))
+    with pytest.raises(N3DeployError, match="not finite for 21 steps in a row"):
+        train(cfg_for(image_dir, tmp_path / "run", steps=30, val_every=100), progress=False)
+
+
 def test_resume_refuses_changed_settings(image_dir, tmp_path):
     cfg = cfg_for(image_dir, tmp_path / "run", steps=6, stop_after=5, decay_fraction=0.5, val_every=3)
     train(cfg, progress=False)

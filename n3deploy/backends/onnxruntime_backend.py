@@ -3,7 +3,14 @@
 Defaults: full graph optimisation, as many intra-op threads as physical cores, sequential
 execution, and ONNX Runtime's *memory pattern* off: it pre-plans one block per input shape and,
 measured on the paper preset at 481x321, doubles peak RSS (3.1 GB -> 1.6 GB without it) for no
-speed gain. ``cpu_arena=False`` saves another ~0.1 GB at ~40% more time. Device selection:
+speed gain. ``cpu_arena=False`` saves another ~0.1 GB at ~40% more time.
+
+ONNX Runtime's *memory reuse* is off too (``mem_reuse=False``): its allocation planner hands a
+dead buffer to the next tensor of the same (symbolic) shape, however far away, and keeps the
+buffer allocated until then. The two N3 blocks have identical tensor shapes, so every buffer
+of ``nls.0`` (113 of them, ~1.5 GB at 481x321) was held until its twin in ``nls.1``. Without
+reuse, peak RSS over the session at 481x321: 1.80 -> 0.48 GB; at 1024x1024: 12.0 -> 3.2 GB
+(bit-identical output, no slower). Device selection:
 
 * ``None``/``"auto"``: CUDA when the installed ``onnxruntime-gpu`` offers it, else CPU;
 * ``"cpu"``; ``"cuda"`` or ``"cuda:N"``; ``"tensorrt"`` (ONNX Runtime's TensorRT provider, with
@@ -31,7 +38,7 @@ from ..errors import BackendUnavailableError, ModelFileError
 from ..export.metadata import ONNX_FORMAT, decode_props
 from .base import Backend, InputShapeLimits
 
-__all__ = ["OnnxRuntimeBackend", "ProviderFallbackWarning", "resolve_providers"]
+__all__ = ["OnnxRuntimeBackend", "ProviderFallbackWarning", "make_session_options", "resolve_providers"]
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -67,6 +74,44 @@ def _physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def make_session_options(
+    *,
+    optimization: str = "all",
+    threads: Optional[int] = None,
+    mem_pattern: bool = False,
+    mem_reuse: bool = False,
+    cpu_arena: bool = True,
+) -> Any:
+    """n3deploy's ``onnxruntime.SessionOptions`` (see the module docstring for each default).
+
+    Every session n3deploy opens on a whole N3Net graph uses these (the backend, the export's
+    verification, the FP16 range measurement), so none of them holds the ~12 KB per pixel that
+    ONNX Runtime's memory reuse keeps alive across the N3 blocks.
+    """
+    import onnxruntime as ort
+
+    if optimization not in _LEVELS:
+        raise ValueError(f"optimization must be one of {list(_LEVELS)}, got {optimization!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    options.intra_op_num_threads = threads or _physical_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_mem_pattern = mem_pattern
+    options.enable_mem_reuse = mem_reuse
+    options.enable_cpu_mem_arena = cpu_arena
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime inference of an n3deploy ONNX graph (FP32 or mixed FP16); float32 in, float32 out."""
 
@@ -80,6 +125,7 @@ class OnnxRuntimeBackend(Backend):
         threads: Optional[int] = None,
         optimization: str = "all",
         mem_pattern: bool = False,
+        mem_reuse: bool = False,
         cpu_arena: bool = True,
         strict: bool = False,
         session_options: Any = None,
@@ -89,23 +135,9 @@ class OnnxRuntimeBackend(Backend):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise ModelFileError(f"{self.model_path}: no such ONNX file")
-        levels = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        if optimization not in levels:
-            raise ValueError(f"optimization must be one of {sorted(levels)}, got {optimization!r}")
-        options = session_options or ort.SessionOptions()
-        if session_options is None:
-            options.graph_optimization_level = levels[optimization]
-            options.intra_op_num_threads = threads or _physical_cores()
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.enable_mem_pattern = mem_pattern
-            options.enable_cpu_mem_arena = cpu_arena
-            options.log_severity_level = 3
+        options = session_options or make_session_options(
+            optimization=optimization, threads=threads, mem_pattern=mem_pattern, mem_reuse=mem_reuse, cpu_arena=cpu_arena
+        )
         providers, requested_gpu = resolve_providers(device, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(str(self.model_path), options, providers=providers)

@@ -1,8 +1,11 @@
 """The ``torch`` backend: an n3deploy ``.safetensors`` checkpoint (or an N3Net) run by PyTorch.
 
-The reference every other backend is compared with (``n3deploy parity``). Runs in float32 under
-``torch.inference_mode`` on ``device`` (``cpu`` by default, ``cuda[:N]`` when available). This is
-the only backend module that imports torch.
+The reference every other backend is compared with (``n3deploy parity``). Runs under
+``torch.inference_mode`` on ``device`` (``cpu`` by default, ``cuda[:N]`` when available), in float32
+or, with ``precision="fp16"``, under the FP16 precision plan of the FP16 ONNX graph
+(:mod:`n3deploy.precision`: FP16 CNNs, FP32 KNN chain; FP32 input and output) -- the way to see real
+GPU FP16 numerics and speed where TensorRT is not installed. This is the only backend module that
+imports torch.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ __all__ = ["TorchBackend"]
 
 
 class TorchBackend(Backend):
-    """PyTorch float32 inference of an :class:`~n3deploy.model.N3Net`."""
+    """PyTorch inference of an :class:`~n3deploy.model.N3Net` (FP32, or the mixed FP16 plan)."""
 
     name = "torch"
 
-    def __init__(self, model_path: "str | os.PathLike", device: Optional[str] = None, *, knn: str = "static") -> None:
+    def __init__(
+        self, model_path: "str | os.PathLike", device: Optional[str] = None, *, knn: str = "static", precision: str = "fp32"
+    ) -> None:
         try:
             import torch  # noqa: F401
         except ImportError as exc:
@@ -35,19 +40,24 @@ class TorchBackend(Backend):
         from ..checkpoint import load_checkpoint
 
         model = load_checkpoint(model_path, knn=knn)
-        self._setup(model, device)
+        self._setup(model, device, precision)
         self.model_path = Path(model_path)
 
     @classmethod
-    def from_model(cls, model: Any, device: Optional[str] = None) -> "TorchBackend":
+    def from_model(cls, model: Any, device: Optional[str] = None, *, precision: str = "fp32") -> "TorchBackend":
         """Wrap an in-memory N3Net (its ``metadata`` attribute, if any, becomes the backend's)."""
         backend = cls.__new__(cls)
         backend.model_path = None
-        backend._setup(model, device)
+        backend._setup(model, device, precision)
         return backend
 
-    def _setup(self, model: Any, device: Optional[str]) -> None:
+    def _setup(self, model: Any, device: Optional[str], precision: str = "fp32") -> None:
         import torch
+
+        from ..precision import PRECISIONS, mixed_fp16
+
+        if precision not in PRECISIONS:
+            raise BackendUnavailableError(f"unknown precision {precision!r} for the torch backend: use {' or '.join(PRECISIONS)}")
 
         device = (device or "cpu").lower()
         if device == "auto":
@@ -57,17 +67,21 @@ class TorchBackend(Backend):
         self._torch = torch
         self.device = torch.device(device)
         self.model = model.float().to(self.device).eval()
+        if precision == "fp16":
+            self.model = mixed_fp16(self.model)
+        self._precision = precision
         self._metadata = dict(getattr(model, "metadata", {}) or {})
         self._metadata.setdefault("config", model.config.to_dict())
         self._metadata.setdefault("sigma", None)
 
     @property
     def precision(self) -> str:
-        return "fp32"
+        return self._precision
 
     @property
     def providers(self) -> list[str]:
-        return [f"torch {self._torch.__version__} ({self.device}, knn={self.model.knn})"]
+        plan = ", FP16 plan: FP32 KNN" if self._precision == "fp16" else ""
+        return [f"torch {self._torch.__version__} ({self.device}, knn={self.model.knn}{plan})"]
 
     @property
     def input_shape_limits(self) -> InputShapeLimits:

@@ -107,6 +107,15 @@ def _flops_section(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def _cuda_backends() -> set[str]:
+    from .suite import BACKENDS
+
+    return {name for name, spec in BACKENDS.items() if spec[3] == "cuda"}
+
+
+_CUDA_BACKENDS = _cuda_backends()
+
+
 def _results_section(doc: dict[str, Any]) -> list[str]:
     labels = _labels(doc)
     peak = doc.get("matmul_peak", {}).get("gflops")
@@ -122,7 +131,8 @@ def _results_section(doc: dict[str, Any]) -> list[str]:
         if r["status"] != "ok":
             skipped.append(f"- {labels.get(r['backend'], r['backend'])} at {size}: {r['status']} — {r['note']}")
             continue
-        share = _fmt(100 * r["gflops"] / peak, ".0f") if peak else "–"
+        on_gpu = r["backend"] in _CUDA_BACKENDS
+        share = _fmt(100 * r["gflops"] / peak, ".0f") if peak and not on_gpu else "–"  # a CPU peak
         lines.append(
             f"| {labels.get(r['backend'], r['backend'])} | {size} | {r['megapixels']:.3f} | {r['median_s']:.3f} | "
             f"{r['repeats']} | {r['mpix_per_s']:.3f} | {r['gflops']:.1f} | {share} | {r['peak_rss_mb']:.0f} | "
@@ -228,8 +238,23 @@ def _criteria_section(doc: dict[str, Any]) -> list[str]:
 APPENDIX = Path("benchmarks") / "knn_formulations.md"
 
 
-def render_markdown(doc: dict[str, Any], appendix: str = "") -> str:
-    """The whole ``BENCHMARKS.md`` text for a results document (plus ``appendix`` Markdown)."""
+def _gpu_section(doc: dict[str, Any]) -> list[str]:
+    """A second results document measured on a GPU machine (its own machine and command)."""
+    lines = [
+        f"# On a GPU: {doc['machine'].get('gpu') or 'no GPU'}",
+        "",
+        "Measured on another machine than the sections above (the GPU is lent only to some sessions); "
+        "regenerate there with the command below, then re-render here. GPU MB is the peak of PyTorch's "
+        "own CUDA allocations (ONNX Runtime: device memory in use); GFLOP/s uses the same analytic FLOP count; "
+        "the time includes the host-device copies of input and output.",
+        "",
+    ]
+    body = _machine_section(doc) + _results_section(doc)
+    return lines + [f"#{line}" if line.startswith("## ") else line for line in body]
+
+
+def render_markdown(doc: dict[str, Any], appendix: str = "", gpu_doc: dict[str, Any] | None = None) -> str:
+    """The whole ``BENCHMARKS.md`` text for a results document (plus a GPU document and ``appendix``)."""
     lines = [
         "# Benchmarks",
         "",
@@ -242,6 +267,8 @@ def render_markdown(doc: dict[str, Any], appendix: str = "") -> str:
     lines += _denoiser_section(doc)
     lines += _results_section(doc)
     lines += _flops_section(doc)
+    if gpu_doc is not None:
+        lines += _gpu_section(gpu_doc)
     if appendix.strip():
         lines += ["", appendix.strip()]
     return "\n".join(lines).rstrip() + "\n"
@@ -283,11 +310,13 @@ def write_plots(doc: dict[str, Any], plots_dir: Path) -> list[Path]:
     return paths
 
 
-def write_report(doc: dict[str, Any], markdown_path: Path, plots_dir: Path) -> list[Path]:
+def write_report(
+    doc: dict[str, Any], markdown_path: Path, plots_dir: Path, gpu_doc: dict[str, Any] | None = None
+) -> list[Path]:
     """Write the Markdown and both plots; image links are relative to the Markdown file."""
     paths = write_plots(doc, plots_dir)
     appendix = markdown_path.parent / APPENDIX
-    text = render_markdown(doc, appendix.read_text() if appendix.is_file() else "")
+    text = render_markdown(doc, appendix.read_text() if appendix.is_file() else "", gpu_doc)
     rel = os.path.relpath(plots_dir, markdown_path.parent).replace(os.sep, "/")
     text = text.replace("](docs/", f"]({rel}/")
     markdown_path.parent.mkdir(parents=True, exist_ok=True)

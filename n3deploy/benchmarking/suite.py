@@ -46,6 +46,8 @@ SCHEMA_VERSION = 1
 BACKENDS: dict[str, tuple[str, str, str, str]] = {
     "torch-static": ("PyTorch, static KNN (FP32)", "torch", "fp32", "cpu"),
     "torch-reference": ("PyTorch, reference KNN (FP32)", "torch", "fp32", "cpu"),
+    "torch-cuda-fp32": ("PyTorch CUDA, static KNN (FP32)", "torch", "fp32", "cuda"),
+    "torch-cuda-fp16": ("PyTorch CUDA, static KNN (FP16 plan)", "torch", "fp16", "cuda"),
     "ort-cpu-fp32": ("ONNX Runtime CPU FP32", "ort", "fp32", "cpu"),
     "ort-cpu-fp16": ("ONNX Runtime CPU FP16", "ort", "fp16", "cpu"),
     "ort-cuda-fp32": ("ONNX Runtime CUDA FP32", "ort", "fp32", "cuda"),
@@ -213,7 +215,12 @@ def probe_backends(names: tuple[str, ...] = tuple(BACKENDS)) -> list[BackendInfo
             raise ValueError(f"unknown backend {name!r}; choose from {sorted(BACKENDS)}")
         label, kind, precision, device = BACKENDS[name]
         reason = ""
-        if kind == "ort":
+        if kind == "torch" and device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                reason = "no CUDA GPU visible to PyTorch"
+        elif kind == "ort":
             reason = ort_reason
             provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
             if not reason and provider not in providers:
@@ -349,13 +356,15 @@ def _worker_measure(job: dict[str, Any]) -> dict[str, Any]:
     if kind == "torch":
         import torch
 
+        from ..backends.torch_backend import TorchBackend
+
         torch.set_num_threads(threads)
         model = _build_model(job["preset"], job["seed"], job["knn"])
-        xt = torch.from_numpy(x)
+        # numpy in, numpy out: on CUDA the time includes the copies and the synchronisation
+        backend = TorchBackend.from_model(model, device, precision=job["precision"])
 
         def fn() -> Any:
-            with torch.inference_mode():
-                return model(xt)
+            return backend.run(x)
 
     elif kind == "ort":
         from ..backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -383,7 +392,9 @@ def _worker_measure(job: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
 
             def gpu_mem() -> float | None:
-                free, total = torch.cuda.mem_get_info()
+                if kind == "torch":  # peak of PyTorch's own allocations (tensors, incl. workspaces)
+                    return torch.cuda.max_memory_allocated() / 2**20
+                free, total = torch.cuda.mem_get_info()  # other runtimes: device memory in use
                 return (total - free) / 2**20
 
     base = _rss_mb()
@@ -749,7 +760,7 @@ def _measure_one(settings: BenchSettings, info: BackendInfo, width: int, height:
         "task": "measure", "kind": info.kind, "device": info.device, "knn": knn, "preset": settings.preset,
         "seed": settings.seed, "channels": doc["config"]["in_channels"], "height": height, "width": width,
         "threads": settings.resolved_threads(), "warmup": settings.warmup, "repeats": settings.repeats,
-        "max_job_s": settings.max_job_s, "onnx": graphs.get(info.precision),
+        "max_job_s": settings.max_job_s, "onnx": graphs.get(info.precision), "precision": info.precision,
     }
     waited = wait_for_quiet(settings.quiet_wait_s)
     res = run_worker_accounted(job, settings.job_timeout_s)

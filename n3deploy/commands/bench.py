@@ -16,8 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image sizes, width x height, or 'none' (default: 256x256 481x321 1024x1024 1920x1080 3840x2160; "
                         "sizes predicted not to fit in memory are skipped)")
     p.add_argument("--backends", nargs="+", metavar="NAME",
-                   help="subset of: torch-static torch-reference ort-cpu-fp32 ort-cpu-fp16 ort-cuda-fp32 "
-                        "ort-cuda-fp16 tensorrt-fp16 (default: all; unavailable ones are reported as such)")
+                   help="subset of: torch-static torch-reference torch-cuda-fp32 torch-cuda-fp16 ort-cpu-fp32 ort-cpu-fp16 "
+                        "ort-cuda-fp32 ort-cuda-fp16 tensorrt-fp16 (default: all; unavailable ones are reported as such). "
+                        "torch-cuda-fp16 runs PyTorch under the FP16 graph's precision plan (FP16 CNNs, FP32 KNN)")
     p.add_argument("--quick", action="store_true", help="short run: 256x256 and 481x321, 2 repeats, 1 breakdown repeat")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per backend and size (default 5, --quick 2)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs before timing (default 1)")
@@ -38,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pause-pid", type=int, default=None,
                    help="SIGSTOP this process (e.g. a training run) while measuring; always SIGCONT afterwards")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="results file")
+    p.add_argument("--gpu-json", type=Path, default=Path("benchmarks/results_gpu.json"),
+                   help="results measured on a GPU machine (e.g. --backends torch-cuda-fp32 torch-cuda-fp16 --json THIS there); "
+                        "--write-benchmarks adds them as a section when the file exists")
     p.add_argument("--update", action="store_true",
                    help="merge into --json's existing results: re-measured rows and the breakdown replace the old ones")
     p.add_argument("--from-json", action="store_true", help="do not measure: render --json's existing results")
@@ -120,6 +124,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             doc = run_suite(settings, json_path=args.json)
         print(f"results: {args.json}")
     if args.write_benchmarks:
-        for path in write_report(doc, args.markdown, args.plots_dir):
+        gpu_doc = None
+        if args.gpu_json is not None and args.gpu_json.is_file() and args.gpu_json.resolve() != args.json.resolve():
+            gpu_doc = json.loads(args.gpu_json.read_text())
+        for path in write_report(doc, args.markdown, args.plots_dir, gpu_doc):
             print(f"wrote {path}")
     return 0

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", type=Path, default=None, help="FP32 ONNX graph")
     p.add_argument("--onnx-fp16", type=Path, default=None, help="mixed-precision FP16 ONNX graph")
     p.add_argument("--engine", type=Path, default=None, help="TensorRT plan (.plan/.engine); needs TensorRT and a GPU")
+    p.add_argument("--torch-fp16", action="store_true",
+                   help="also run the checkpoint in PyTorch under the FP16 graph's precision plan (FP16 CNNs, FP32 KNN) "
+                        "on --device: real GPU FP16 numerics with --device cuda where TensorRT is not installed")
     p.add_argument("--images", type=Path, required=True, help="folder of clean test images")
     p.add_argument("--sigma", type=float, default=None, help="noise level, 0-255 scale (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
@@ -60,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
             others.append((label, onnxrt_runner(load_backend(path, "onnxruntime", device=args.device))))
     if args.engine is not None:
         others.append(("tensorrt", _tensorrt_runner(args.engine, args.device)))
+    if args.torch_fp16:
+        others.append(("torch-fp16", load_backend(args.checkpoint, "torch", device=args.device, precision="fp16")))
     if not others:
-        raise N3DeployError("nothing to compare: pass --onnx, --onnx-fp16 and/or --engine")
+        raise N3DeployError("nothing to compare: pass --onnx, --onnx-fp16, --engine and/or --torch-fp16")
     cases = load_cases(args.images, float(sigma), reference.input_shape_limits.channels, args.seed, args.limit)
     report = run_parity(
         reference, others, cases, sigma=float(sigma), seed=args.seed,

@@ -223,10 +223,10 @@ def fp16_tensor_ranges(
     for name in fp16:
         if name not in existing:
             marked.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT16, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    from ..backends.onnxruntime_backend import make_session_options
+
     # Keep every marked tensor as the graph computes it (no fusion that would hide intermediates).
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options = make_session_options(optimization="basic")
     session = ort.InferenceSession(marked.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     max_abs = dict.fromkeys(fp16, 0.0)

@@ -297,13 +297,6 @@ def _prepare(model: Any):
     return prepared
 
 
-def _fp32_scopes(model: Any) -> tuple[str, ...]:
-    """Module paths of the KNN aggregations: the chain kept in FP32 in the mixed-precision graph."""
-    from ..model import KNNAggregation
-
-    return tuple(name for name, module in model.named_modules() if isinstance(module, KNNAggregation))
-
-
 def _verify(model: Any, path: Path, shapes: Sequence[tuple[int, int, int, int]], rel_tol: float, seed: int = 0) -> list[VerifyCase]:
     """Run the written file with ONNX Runtime and the PyTorch model (float32 and float64) on the same
     random inputs. Tolerance on |ONNX - float64|: ``rel_tol`` x output scale, or 10x PyTorch float32's
@@ -311,9 +304,9 @@ def _verify(model: Any, path: Path, shapes: Sequence[tuple[int, int, int, int]],
     import onnxruntime as ort
     import torch
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from ..backends.onnxruntime_backend import make_session_options
+
+    session = ort.InferenceSession(str(path), make_session_options(), providers=["CPUExecutionProvider"])
     model64 = copy.deepcopy(model).double()
     rng = np.random.default_rng(seed)
     cases = []
@@ -465,10 +458,11 @@ def export_onnx(
 
         fp32_scopes: tuple[str, ...] = ()
         if fp16:
+            from ..precision import fp32_scopes as plan_fp32_scopes
             from .fp16 import convert_to_mixed_fp16
 
             stage("fp16")
-            fp32_scopes = _fp32_scopes(prepared)
+            fp32_scopes = plan_fp32_scopes(prepared)
             onnx_model = _simplify(convert_to_mixed_fp16(onnx_model, fp32_scopes))
             _apply_scopes(onnx_model, {})
             done("fp16")

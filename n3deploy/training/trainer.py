@@ -41,6 +41,7 @@ BEST_FILE = "best.safetensors"
 HISTORY_FILE = "history.json"
 CURVE_FILE = "training_curve.png"
 _STATE_VERSION = 1
+_MAX_SKIPS_IN_ROW = 20  # non-finite steps tolerated in a row before the run stops
 _EMA = 0.9  # smoothing of the running loss/PSNR shown in the progress bar (~10 steps)
 
 
@@ -285,6 +286,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
     saved_step = step  # the step of the state on disk
     stop = _StopRequest()
     interrupted = False
+    skipped = skipped_in_row = 0
     try:
         while step < end_step:
             if broadcast_flag(stop.requested, info, device):
@@ -298,27 +300,43 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
             noisy, clean, _ = sampler.batch(step_rng(cfg.seed, step, info.rank), cfg.batch_size)
             noisy_t, clean_t = torch.from_numpy(noisy).to(device), torch.from_numpy(clean).to(device)
             optimizer.zero_grad(set_to_none=True)
+            # batch-norm statistics change in the forward pass: keep a copy to undo a broken step
+            stats = [b.detach().clone() for b in model.buffers() if b.is_floating_point()]
             loss = torch.nn.functional.mse_loss(net(noisy_t), clean_t)
-            if not torch.isfinite(loss):
-                raise N3DeployError(f"loss became {loss.item()} at step {step}; lower --lr or keep --grad-clip")
-            loss.backward()
-            grad_norm = None
-            if cfg.grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            optimizer.step()
-            step += 1
+            loss.backward()  # also when the loss is not finite: data-parallel ranks must all reduce
+            # The norm is computed after the all-reduce, so every rank takes the same decision.
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
             value = float(loss.detach())
-            ema_loss = value if ema_loss is None else _EMA * ema_loss + (1 - _EMA) * value
+            skip = not (math.isfinite(grad_norm) and math.isfinite(value))
+            if skip:  # one non-finite step must not turn every weight into NaN: undo it
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for buffer, saved in zip([b for b in model.buffers() if b.is_floating_point()], stats):
+                        buffer.copy_(saved)
+                skipped += 1
+                skipped_in_row += 1
+                if skipped_in_row > _MAX_SKIPS_IN_ROW:
+                    raise N3DeployError(
+                        f"loss or gradients not finite for {skipped_in_row} steps in a row (last: loss {value}, "
+                        f"gradient norm {grad_norm}) at step {step}; lower --lr or keep --grad-clip"
+                    )
+            else:
+                optimizer.step()
+                skipped_in_row = 0
+            step += 1
+            if not skip:
+                ema_loss = value if ema_loss is None else _EMA * ema_loss + (1 - _EMA) * value
             record: dict[str, Any] = {
                 "step": step,
                 "lr": lr,
                 "train_loss": value,
                 "train_loss_ema": ema_loss,
-                "train_psnr": _mse_to_psnr(ema_loss),
+                "train_psnr": _mse_to_psnr(ema_loss) if ema_loss is not None else math.nan,
                 "wall_seconds": round(wall(), 2),
+                "grad_norm": grad_norm,
             }
-            if grad_norm is not None:
-                record["grad_norm"] = grad_norm
+            if skip:
+                record["skipped"] = True
             at_end = step == end_step
             if step % cfg.val_every == 0 or at_end:
                 last_val = None
@@ -341,6 +359,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
             bar.close()
     if interrupted and info.is_main:
         print(f"stopped by signal at step {step}; continue with --resume", file=sys.stderr)
+    if skipped and info.is_main:
+        print(f"warning: {skipped} step(s) had a non-finite loss or gradient and were not applied "
+              "(marked 'skipped' in history.json)", file=sys.stderr)
 
     in_sync = replicas_in_sync(model, info, device)
     if not in_sync:
@@ -361,6 +382,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
         steps_per_second=(step - start_step) / max(1e-9, time.perf_counter() - start_time),
         world_size=info.world_size,
         replicas_in_sync=in_sync,
+        skipped_steps=skipped,
         out=str(out),
     )
 
