@@ -113,8 +113,8 @@ class BackendParity:
         self.failures = []
         if s["nonfinite"] and not tol.allow_nonfinite:
             self.failures.append(f"{s['nonfinite']} NaN/Inf output values")
-        if is_reference:
-            return
+        if is_reference or self.precision == "fp64":
+            return  # a float64 run measures the reference's own float32 error: information, no bar
         if self.is_fp16:
             if not abs(s["delta_psnr"]) <= tol.fp16_delta_psnr:
                 self.failures.append(f"|ΔPSNR| {abs(s['delta_psnr']):.4f} dB > {tol.fp16_delta_psnr} dB")
@@ -156,6 +156,13 @@ class ParityReport:
             f"tolerances: FP32 max abs <= {self.tolerances.fp32_max_abs:g}, FP16 |ΔPSNR| <= "
             f"{self.tolerances.fp16_delta_psnr:g} dB, no NaN/Inf -> {'PASS' if self.ok else 'FAIL'}"
         )
+        exact = next((b for b in self.backends if b.precision == "fp64"), None)
+        if exact is not None:
+            own = exact.summary()["max_abs"]
+            lines.append(
+                f"float32 conditioning: the float32 reference itself is {own:.2e} (max abs) from float64 on these "
+                "images; FP32 backends within that distance agree with it as closely as float32 allows"
+            )
         for b in self.backends:
             lines.append(f"  {b.name}: {', '.join(b.providers)}")
         return "\n".join(lines)

@@ -27,7 +27,9 @@ from torch import Tensor, nn
 
 __all__ = ["PRECISIONS", "fp32_scopes", "mixed_fp16", "is_mixed_fp16", "parameter_dtypes", "fold_batchnorms"]
 
-PRECISIONS = ("fp32", "fp16")
+#: What :class:`~n3deploy.backends.torch_backend.TorchBackend` runs: float32, the FP16 plan, or
+#: float64 (a numerical yardstick: how far float32 itself is from exact on a model).
+PRECISIONS = ("fp32", "fp16", "fp64")
 
 
 def fp32_scopes(model: nn.Module) -> tuple[str, ...]:

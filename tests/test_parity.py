@@ -46,6 +46,19 @@ def test_parity_fails_when_a_tolerance_is_exceeded(tiny_checkpoint, tiny_onnx, p
     assert rc == 1 and "FAIL: max abs error" in out
 
 
+def test_float64_row_measures_float32_itself_without_judging_it(tiny_checkpoint, tiny_onnx, photo_dir, capsys):
+    rc = cli_main(["parity", "--checkpoint", str(tiny_checkpoint), "--onnx", str(tiny_onnx.path),
+                   "--float64", "--torch-fp16", "--images", str(photo_dir), "--limit", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    (row,) = [line for line in out.splitlines() if line.startswith("torch-fp64")]
+    own = float(row.split()[2])  # max abs of float64 vs the float32 reference: float32's own rounding
+    assert 0 < own < 1e-4 and row.rstrip().endswith("ok")
+    assert f"float32 reference itself is {own:.2e}" in out
+    (fp16,) = [line for line in out.splitlines() if line.startswith("torch-fp16")]
+    assert fp16.split()[1] == "fp16" and "FP16 plan" in out
+
+
 def test_parity_catches_a_graph_of_other_weights(tiny_onnx, photos, tmp_path):
     """A graph exported from different weights is flagged: large errors, not within tolerance."""
     import torch

@@ -2,7 +2,8 @@
 
 The reference every other backend is compared with (``n3deploy parity``). Runs under
 ``torch.inference_mode`` on ``device`` (``cpu`` by default, ``cuda[:N]`` when available), in float32
-or, with ``precision="fp16"``, under the FP16 precision plan of the FP16 ONNX graph
+in float64 (``precision="fp64"``: how far float32 itself is from exact), or, with
+``precision="fp16"``, under the FP16 precision plan of the FP16 ONNX graph
 (:mod:`n3deploy.precision`: FP16 CNNs, FP32 KNN chain; FP32 input and output) -- the way to see real
 GPU FP16 numerics and speed where TensorRT is not installed. This is the only backend module that
 imports torch.
@@ -57,7 +58,7 @@ class TorchBackend(Backend):
         from ..precision import PRECISIONS, mixed_fp16
 
         if precision not in PRECISIONS:
-            raise BackendUnavailableError(f"unknown precision {precision!r} for the torch backend: use {' or '.join(PRECISIONS)}")
+            raise BackendUnavailableError(f"unknown precision {precision!r} for the torch backend: use {', '.join(PRECISIONS)}")
 
         device = (device or "cpu").lower()
         if device == "auto":
@@ -69,6 +70,8 @@ class TorchBackend(Backend):
         self.model = model.float().to(self.device).eval()
         if precision == "fp16":
             self.model = mixed_fp16(self.model)
+        elif precision == "fp64":
+            self.model = self.model.double()
         self._precision = precision
         self._metadata = dict(getattr(model, "metadata", {}) or {})
         self._metadata.setdefault("config", model.config.to_dict())
@@ -96,5 +99,6 @@ class TorchBackend(Backend):
         x = self.check_input(x)
         torch = self._torch
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(x).to(self.device))
+            xt = torch.from_numpy(x).to(self.device)
+            out = self.model(xt.double() if self._precision == "fp64" else xt)
         return out.float().cpu().numpy()

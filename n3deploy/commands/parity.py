@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-fp16", action="store_true",
                    help="also run the checkpoint in PyTorch under the FP16 graph's precision plan (FP16 CNNs, FP32 KNN) "
                         "on --device: real GPU FP16 numerics with --device cuda where TensorRT is not installed")
+    p.add_argument("--float64", action="store_true",
+                   help="also run the checkpoint in float64 (PyTorch): shows how far float32 itself is from exact on "
+                        "these images, the yardstick for FP32 differences of sharply selecting (low-temperature) models")
     p.add_argument("--images", type=Path, required=True, help="folder of clean test images")
     p.add_argument("--sigma", type=float, default=None, help="noise level, 0-255 scale (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
@@ -65,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
         others.append(("tensorrt", _tensorrt_runner(args.engine, args.device)))
     if args.torch_fp16:
         others.append(("torch-fp16", load_backend(args.checkpoint, "torch", device=args.device, precision="fp16")))
+    if args.float64:
+        others.append(("torch-fp64", load_backend(args.checkpoint, "torch", device=args.device, precision="fp64")))
     if not others:
-        raise N3DeployError("nothing to compare: pass --onnx, --onnx-fp16, --engine and/or --torch-fp16")
+        raise N3DeployError("nothing to compare: pass --onnx, --onnx-fp16, --engine, --torch-fp16 and/or --float64")
     cases = load_cases(args.images, float(sigma), reference.input_shape_limits.channels, args.seed, args.limit)
     report = run_parity(
         reference, others, cases, sigma=float(sigma), seed=args.seed,
