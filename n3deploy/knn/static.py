@@ -12,7 +12,7 @@ Formulation (``s`` = stride, ``W`` = window, ``T`` = column tile, ``D = C*s*s``)
 * **Distances: rows by window slot, columns by tiles.** The window of block row ``u`` is
   rows ``start(u) + a`` (``W + 1`` slots). The queries of a tile of ``T`` columns draw
   their candidates from one span of ``T + W - 1`` columns, so the candidate blocks are
-  column-tiled once and stacked ``G`` rows at a time (:func:`_row_groups`); each slot
+  column-tiled and stacked ``G`` rows at a time in one gather (:func:`_tiled_row_groups`); each slot
   group's Gram matrix is then a batched matmul of query blocks against a *slice* of that
   tensor: window starts are consecutive except at the clamped borders, so the rows of one
   start form three runs (top, middle, bottom) and no per-row copy of the candidates is made
@@ -25,7 +25,11 @@ Formulation (``s`` = stride, ``W`` = window, ``T`` = column tile, ``D = C*s*s``)
   ``(W+1) x (W+1)`` window of input blocks (``k x (W+1)^2`` weights per block), computed as
   batched matmuls of block-row slot groups against column spans, like the distances. This
   needs ``D``-dimensional blocks instead of ``4D``-dimensional patches: 4x fewer
-  multiply-adds. Each axis is folded by two gathers straight into that banded layout.
+  multiply-adds. Each axis is folded by two gathers straight into that banded layout, in
+  the transposed ``(slot, span) x (T, k)`` order the matmuls take without a permute. The
+  division by the patches covering a block is exact and free: x is scaled by 1/4 and blocks
+  covered by one patch along an axis take it twice. The matmul results are concatenated
+  straight into the output layout (one copy).
 * **Memory** is O(H*W): the largest tensors hold ``k*(W+1)*(T+W)`` weights or ``G*(T+W)``
   candidate blocks per block; nothing of size ``patches x window x patch_length`` ever exists.
   Measured formulations and their timings: ``benchmarks/knn_formulations.md``.
@@ -49,6 +53,7 @@ __all__ = ["knn_aggregate_static", "DEFAULT_TILE"]
 
 DEFAULT_TILE = 8
 DEFAULT_GROUP = 4
+DEFAULT_GRAM_TILE = 24
 MASKED_LOGIT = -1.0e30  # finite, never -inf: masked slots end up with weights < 1e-35
 
 
@@ -57,19 +62,25 @@ def _blocks(img: Tensor, stride: int) -> Tensor:
     return F.pixel_unshuffle(img, stride).permute(0, 2, 3, 1)
 
 
-def _row_groups(t: Tensor, nh: int, window: int, group: int) -> Tensor:
-    """Candidate block rows stacked in groups: ``B x R x ...`` -> ``B x L x n x (G*S) x D``.
+def _tiled_row_groups(blocks: Tensor, cols: Tensor, nh: int, window: int, group: int) -> Tensor:
+    """Column-tiled candidate block rows stacked in groups, in one gather: ``B x L x n x (G*S) x D``.
 
-    ``t``: ``B x R x n x S x D`` (R = nh + 1 block rows, n column tiles of S blocks). Row
-    ``r`` of the result holds rows ``r .. r+G-1`` of ``t`` one after another, so the
-    candidates of a block row whose window starts at ``s`` are, for slot group ``g``, row
-    ``s + g*G``: a plain slice for consecutive starts. Zero rows are appended to grids shorter
-    than the window (their weights are zero).
+    ``blocks``: ``B x R x Wb x D`` (R = nh + 1 block rows); ``cols``: ``n x S`` block columns of
+    each of the ``n`` column tiles. Row ``r`` of the result holds, for each tile, rows
+    ``r .. r+G-1`` one after another, so the candidates of a block row whose window starts at
+    ``s`` are, for slot group ``g``, row ``s + g*G``: a plain slice for consecutive starts.
+    Grids shorter than the window get zero rows (their weights are zero).
     """
-    pad = torch.sym_max(window - nh, 0)
-    t = F.pad(t, (0, 0, 0, 0, 0, 0, 0, pad))
-    rows = t.shape[1] - group + 1
-    return torch.cat([t[:, i : i + rows] for i in range(group)], dim=3)
+    b, r, wb, d = blocks.shape
+    dev = blocks.device
+    nrows = r + torch.sym_max(window - nh, 0) - group + 1
+    src = torch.arange(nrows, device=dev)[:, None] + torch.arange(group, device=dev)  # L x G
+    index = torch.where(
+        (src < r)[:, None, :, None], src[:, None, :, None] * wb + cols[None, :, None, :], r * wb
+    )  # L x n x G x S; r * wb is the zero block
+    flat = F.pad(blocks, (0, 0, 0, 0, 0, 1)).reshape(b, (r + 1) * wb, d)  # one copy, also of a permuted view
+    n, span = cols.shape
+    return flat.index_select(1, index.reshape(-1)).reshape(b, nrows, n, group * span, d)
 
 
 def _shifted(s: slice, offset: int) -> slice:
@@ -77,25 +88,26 @@ def _shifted(s: slice, offset: int) -> slice:
     return slice(s.start + offset, s.stop + offset)
 
 
-def _by_window_rows(fn: Callable[[slice, slice], Tensor], nh: int, window: int) -> Tensor:
+def _by_window_rows(fn: Callable[[slice, slice, bool], Tensor], nh: int, window: int, dim: int = 1) -> Tensor:
     """``cat_u fn(u, start(u))`` over the block rows ``u = 0 .. nh`` without gathering rows.
 
-    ``fn(rows, starts)`` computes block rows ``rows`` (a slice) given the slice of their
-    window starts. Windows clamp at the borders, so the rows split into three runs: the top
+    ``fn(rows, starts, shared)`` computes block rows ``rows`` (a slice) given the slice of their
+    window starts; ``shared`` is True for the border runs, whose rows all have the same start.
+    Windows clamp at the borders, so the rows split into three runs: the top
     ``min(W//2, nh)`` rows share start 0, the middle rows have consecutive starts
     ``0 .. max(nh - W, 0)``, and the remaining bottom rows share the last start. Each run is
-    one batched computation on slices (a shared start broadcasts), so no per-row copy of the
-    candidates is ever made.
+    one batched computation on slices (rows of a shared start are stacked into one product),
+    so no per-row copy of the candidates is ever made. The runs are concatenated along ``dim``.
     """
     top = torch.sym_min(window // 2, nh)
     nmain = torch.sym_max(nh - window, 0) + 1
     return torch.cat(
         [
-            fn(slice(0, top), slice(0, 1)),
-            fn(slice(top, top + nmain), slice(0, nmain)),
-            fn(slice(top + nmain, nh + 1), slice(nmain - 1, nmain)),
+            fn(slice(0, top), slice(0, 1), True),
+            fn(slice(top, top + nmain), slice(0, nmain), False),
+            fn(slice(top + nmain, nh + 1), slice(nmain - 1, nmain), True),
         ],
-        dim=1,
+        dim=dim,
     )
 
 
@@ -112,6 +124,7 @@ def knn_aggregate_static(
     temp_bias: float,
     tile: int = DEFAULT_TILE,
     group: int = DEFAULT_GROUP,
+    gram_tile: int = DEFAULT_GRAM_TILE,
 ) -> Tensor:
     """Continuous k-nearest-neighbour aggregation; same contract as the reference.
 
@@ -122,6 +135,7 @@ def knn_aggregate_static(
         distance_bn: batch-norm applied to the negated distances.
         tile: columns per tile (speed/waste trade-off, no effect on the result).
         group: block-row slots contracted per aggregation matmul (speed/memory trade-off).
+        gram_tile: patch columns per query tile of the Gram matrices (speed/waste trade-off).
 
     Returns:
         ``B x (k*C) x H x W``: the k neighbour images ``z_1..z_k``, neighbour-major.
@@ -132,7 +146,8 @@ def knn_aggregate_static(
     group = max(g for g in range(1, min(group, window + 1) + 1) if (window + 1) % g == 0)
     out_dtype = x.dtype
     work = torch.promote_types(x.dtype, torch.float32)
-    x, embed, log_temp = x.to(work), embed.to(work), log_temp.to(work)
+    # x / 4: every output block averages 4 patch contributions (see the weight fold)
+    x, embed, log_temp = x.to(work) * 0.25, embed.to(work), log_temp.to(work)
     b, c, h, w = x.shape
     dev = x.device
     nwin = window
@@ -165,36 +180,44 @@ def knn_aggregate_static(
     # Patch dot products are sums of four block dot products. Every block row ub is matched
     # against block rows start(ub) + alpha (alpha < W + 1) in batched matmuls: queries in
     # tiles of T patch columns (T + 1 block columns), candidates in a span of T + W block
-    # columns shared by the tile.
-    ntile = (nw + tile - 1) // tile
-    nwq = ntile * tile
-    span = tile + nwin - 1  # candidate patch columns per tile
+    # columns shared by the tile. The Gram matrices use their own, wider column tile (gram_tile):
+    # more query rows per matmul.
+    gtile = gram_tile
+    ntile = (nw + gtile - 1) // gtile
+    nwq = ntile * gtile
+    span = gtile + nwin - 1  # candidate patch columns per tile
     ub = torch.arange(hb, device=dev)
     alpha = torch.arange(nwin + 1, device=dev)
-    tfirst = torch.arange(ntile, device=dev) * tile
+    tfirst = torch.arange(ntile, device=dev) * gtile
     tstart = window_start(tfirst, nw, nwin)  # ntile: first candidate patch column
-    qcols = (tfirst[:, None] + torch.arange(tile + 1, device=dev)).clamp(max=wb - 1)  # ntile x (T+1)
+    qcols = (tfirst[:, None] + torch.arange(gtile + 1, device=dev)).clamp(max=wb - 1)  # ntile x (T+1)
     ccols = (tstart[:, None] + torch.arange(span + 1, device=dev)).clamp(max=wb - 1)  # ntile x (span+1)
-    qblocks = be.index_select(2, qcols.reshape(-1)).reshape(b, hb, ntile, tile + 1, de)
-    ecand = _row_groups(be.index_select(2, ccols.reshape(-1)).reshape(b, hb, ntile, span + 1, de), nh, nwin, group)
+    qblocks = be.index_select(2, qcols.reshape(-1)).reshape(b, hb, ntile, gtile + 1, de)
+    ecand = _tiled_row_groups(be, ccols, nh, nwin, group)  # B x L x ntile x G*(span+1) x De
     ngroup = (nwin + 1) // group
 
-    def gram_rows(rows: slice, starts: slice) -> Tensor:  # B x rows x ntile x (T+1) x (W+1)*(span+1)
+    def gram_rows(rows: slice, starts: slice, shared: bool) -> Tensor:  # B x rows x ntile x (T+1) x (W+1)*(span+1)
         q = qblocks[:, rows]
+        if shared:  # one window start: the rows' queries are stacked against the shared candidates
+            nr = rows.stop - rows.start
+            q = q.transpose(1, 2).reshape(b * ntile, nr * (gtile + 1), de)
+            cs = group * (span + 1)
+            parts = [q @ ecand[:, starts.start + g * group].reshape(b * ntile, cs, de).transpose(1, 2) for g in range(ngroup)]
+            return torch.cat(parts, dim=-1).reshape(b, ntile, nr, gtile + 1, ngroup * cs).transpose(1, 2)
         return torch.cat([q @ ecand[:, _shifted(starts, g * group)].transpose(-1, -2) for g in range(ngroup)], dim=-1)
 
-    gram = _by_window_rows(gram_rows, nh, nwin).reshape(b, hb, ntile, tile + 1, nwin + 1, span + 1)
+    gram = _by_window_rows(gram_rows, nh, nwin).reshape(b, hb, ntile, gtile + 1, nwin + 1, span + 1)
     # Column offset d_j: query block column jj + d_j against candidate column m + d_j.
-    gram = gram[:, :, :, :tile, :, :span] + gram[:, :, :, 1:, :, 1:]  # B x hb x ntile x T x (W+1) x span
+    gram = gram[:, :, :, :gtile, :, :span] + gram[:, :, :, 1:, :, 1:]  # B x hb x ntile x T x (W+1) x span
     # Row offset d_i: patch row i uses block row i (slot a) and block row i + 1 (slot a, or
     # a + 1 where the window is clamped: start(i+1) == start(i)).
     shift = (window_start(ub[1:] - 1, nh, nwin) + 1 - window_start(ub[1:], nh, nwin)) == 1  # nh
     lower = torch.where(shift[:, None, None, None, None], gram[:, 1:, :, :, 1:], gram[:, 1:, :, :, :nwin])
     gram = gram[:, :nh, :, :, :nwin] + lower  # B x nh x ntile x T x W(a) x span
     # Into slot form: query column j's window starts at start(j) - tstart inside its tile's span.
-    jt = torch.arange(nwq, device=dev).reshape(ntile, tile)
+    jt = torch.arange(nwq, device=dev).reshape(ntile, gtile)
     in_span = ((window_start(jt, nw, nwin) - tstart[:, None])[..., None] + slots).clamp(max=span - 1)
-    index = in_span[None, None, :, :, None, :].expand(b, nh, ntile, tile, nwin, nwin)
+    index = in_span[None, None, :, :, None, :].expand(b, nh, ntile, gtile, nwin, nwin)
     gram = torch.gather(gram, -1, index).reshape(b, nh, nwq, nwin, nwin)[:, :, :nw]
     cand_sq_idx = (cand_row[:, None, :, None] * nw + cand_col[None, :, None, :]).clamp(max=nh * nw - 1)
     cand_sq = psq.reshape(b, nh * nw).index_select(1, cand_sq_idx.reshape(-1)).reshape(b, nh, nw, nwin, nwin)
@@ -205,10 +228,11 @@ def knn_aggregate_static(
     logits = torch.where(valid[None], logits, MASKED_LOGIT).reshape(b, nh, nw, nwin * nwin)
     weights = selection_rounds(logits, k)
 
-    # B x nh x nw x W*W x k -> weights matrix B x (nh*W + 1) x (nw*W*k + 1): rows (q_i, a),
-    # columns (q_j, b, r), a zero row and k zero columns at the end for out-of-range lookups.
-    wts = torch.stack([p.reshape(b, nh, nw, nwin, nwin).transpose(2, 3) for p in weights], dim=-1)
-    wmat = F.pad(wts.reshape(b, nh * nwin, nw * nwin * k), (0, k, 0, 1))
+    # k x B x nh x nw x W*W -> weights matrix B x ((nh+1)*W) x ((nw+1)*W*k): rows (q_i, a),
+    # columns (q_j, b, r); the zero padding (row nh*W, column nw*W) serves out-of-range lookups.
+    # Stacking k-major is a plain copy; the transpose to k innermost happens in the pad's copy.
+    wts = torch.stack(weights, 0).reshape(k, b, nh, nw, nwin, nwin).permute(1, 2, 4, 3, 5, 0)
+    wmat = F.pad(wts, (0, 0, 0, 0, 0, 1, 0, 0, 0, 1)).reshape(b, (nh + 1) * nwin, (nw + 1) * nwin * k)
 
     # -------------------------------------- fold the weights onto the block grid
     # Output block u = (ui, uj) averages the patches u - d (d in {0,1}^2) covering it, so it is
@@ -218,14 +242,19 @@ def knn_aggregate_static(
     # the grid, one further at the clamped borders. Each axis is folded by two gathers (d = 0, 1)
     # straight into the banded layout the matmuls want: block rows by slot alpha, block
     # columns in tiles of T with a span of T + W columns.
-    wrow = None
+    # Blocks covered by one patch along an axis (the first and last) take it twice: the result
+    # is divided by 4 everywhere (x is scaled by 1/4 beforehand, exactly).
+    rows = []
     for d in (0, 1):
         qi = ub[:, None] - d
         a = window_start(ub, nh, nwin)[:, None] + alpha - d - window_start(qi, nh, nwin)
         ok = (qi >= 0) & (qi < nh) & (a >= 0) & (a < nwin)
-        rows = torch.where(ok, qi * nwin + a, nh * nwin).reshape(-1)  # hb*(W+1)
-        part = wmat.index_select(1, rows)
-        wrow = part if wrow is None else wrow + part
+        rows.append(torch.where(ok, qi * nwin + a, nh * nwin))  # hb x (W+1)
+    first, last = (ub == 0)[:, None], (ub == nh)[:, None]
+    rows = [torch.where(last, rows[1], rows[0]), torch.where(first, rows[0], rows[1])]
+    # rows ordered (slot group g, block row, slot gi): a group's G slots sit next to each other
+    rows = [r.reshape(hb, ngroup, group).transpose(0, 1).reshape(-1) for r in rows]
+    wrow = wmat.index_select(1, rows[0]) + wmat.index_select(1, rows[1])  # B x (g, hb, gi) x (nw+1)*W*k
     # Columns: output block column v (tiles of T) and span slot m (block column bstart + m) take
     # patch q_j = v - d_j's slot bstart + m - d_j - start(q_j); k stays innermost (contiguous).
     nbt = (wb + tile - 1) // tile
@@ -233,39 +262,53 @@ def knn_aggregate_static(
     m = torch.arange(bspan, device=dev)
     vt = torch.arange(nbt * tile, device=dev).reshape(nbt, tile)
     bstart = window_start(vt[:, 0], nw, nwin)  # nbt
-    wrow = wrow.reshape(b * hb * (nwin + 1), nw * nwin + 1, k)
-    fw = None
+    ncols = (nw + 1) * nwin
+    wrow = wrow.reshape(b * ngroup * hb, group * ncols, k)  # a group's G rows side by side
+    cols = []
     for d in (0, 1):
         qj = vt[..., None] - d  # nbt x T x 1
         slot = bstart[:, None, None] + m - d - window_start(qj, nw, nwin)  # nbt x T x bspan
         ok = (qj >= 0) & (qj < nw) & (slot >= 0) & (slot < nwin)
-        cols = torch.where(ok, qj * nwin + slot, nw * nwin).reshape(-1)
-        part = wrow.index_select(1, cols)  # B*hb*(W+1) x nbt*T*bspan x k
-        fw = part if fw is None else fw + part
-    # B x (hb, g, gi) x (nbt, T, m) x k -> B x g x hb x nbt x (k, T) x (gi, m): one matrix per
-    # (slot group, block row, tile)
-    fw = fw.reshape(b, hb, ngroup, group, nbt, tile, bspan, k).permute(0, 2, 1, 4, 7, 5, 3, 6)
-    fw = fw.reshape(b, ngroup, hb, nbt, k * tile, group * bspan)
+        cols.append(torch.where(ok, qj * nwin + slot, nw * nwin))
+    first, last = (vt == 0)[..., None], (vt == nw)[..., None]
+    cols = [torch.where(last, cols[1], cols[0]), torch.where(first, cols[0], cols[1])]
+    # Gathered in the order (tile, gi, m, T) with k innermost: each (slot group, block row, tile)
+    # gets the transposed weight matrix (gi, m) x (T, k), contiguous, which the matmuls take as
+    # it is (no permute of the banded weights).
+    gi = torch.arange(group, device=dev)[None, :, None, None] * ncols
+    cols = [(gi + col.transpose(1, 2)[:, None]).reshape(-1) for col in cols]  # nbt x G x bspan x T
+    fw = wrow.index_select(1, cols[0]) + wrow.index_select(1, cols[1])
+    fw = fw.reshape(b, ngroup, hb, nbt, group * bspan, tile * k)
 
     # -------------------------------- aggregation: groups of block-row slots per matmul
     bcols = (bstart[:, None] + m).clamp(max=wb - 1)  # nbt x bspan
-    xcand = _row_groups(bx.index_select(2, bcols.reshape(-1)).reshape(b, hb, nbt, bspan, dx), nh, nwin, group)
+    xcand = _tiled_row_groups(bx, bcols, nh, nwin, group)  # B x L x nbt x G*bspan x Dx
 
-    def aggregate_rows(rows: slice, starts: slice) -> Tensor:  # B x rows x nbt x kT x Dx
+    def aggregate_rows(rows: slice, starts: slice, shared: bool) -> Tensor:  # B x k x C x rows x s x nbt x T x s
+        nr = rows.stop - rows.start
+        if shared:
+            # One shared window start: the rows share their candidates, so they are stacked
+            # into the matrix rows of one product per tile instead of repeating the candidates.
+            z = None
+            for g in range(ngroup):
+                wg = fw[:, g, rows].permute(0, 2, 3, 1, 4).reshape(b * nbt, group * bspan, nr * tile * k)
+                xg = xcand[:, starts.start + g * group].reshape(b * nbt, group * bspan, dx)
+                wg = wg.transpose(1, 2)
+                z = torch.bmm(wg, xg) if z is None else z.baddbmm_(wg, xg)  # accumulates in place
+            z = z.reshape(b, nbt, nr, tile, k, c, stride, stride)
+            return z.permute(0, 4, 5, 2, 6, 1, 3, 7)
         z = None
         for g in range(ngroup):
-            part = fw[:, g, rows] @ xcand[:, _shifted(starts, g * group)]
-            z = part if z is None else z + part
-        return z
+            wg = fw[:, g, rows].reshape(b * nr * nbt, group * bspan, tile * k).transpose(1, 2)
+            xg = xcand[:, _shifted(starts, g * group)].reshape(b * nr * nbt, group * bspan, dx)
+            z = torch.bmm(wg, xg) if z is None else z.baddbmm_(wg, xg)  # accumulates in place
+        z = z.reshape(b, nr, nbt, tile, k, c, stride, stride)
+        return z.permute(0, 4, 5, 1, 6, 2, 3, 7)
 
-    z = _by_window_rows(aggregate_rows, nh, nwin)
-    # Divide by the patches covering each block (2 per axis inside, 1 on the first and last block
-    # row/column), then B x hb x nbt x k x T x (C x s x s) -> B x k*C x Hp x Wp in one copy.
-    cover_r = 2.0 - ((ub == 0) | (ub == nh)).to(work)  # hb
-    vcol = torch.arange(nbt * tile, device=dev)
-    cover_c = 2.0 - ((vcol == 0) | (vcol == nw)).to(work)  # nbt*T (columns >= wb are cropped)
-    inv_cover = (1.0 / (cover_r[:, None] * cover_c[None, :])).reshape(hb, nbt, 1, tile, 1, 1, 1)
-    z = z.reshape(b, hb, nbt, k, tile, c, stride, stride) * inv_cover
-    out = z.permute(0, 3, 5, 1, 6, 2, 4, 7).reshape(b, k * c, hb * stride, nbt * tile * stride)
+    # The runs are concatenated straight into the output layout B x k x C x (hb, s) x (nbt, T, s)
+    # (one copy). The division by the patches covering each block is already in the weights
+    # (border blocks count their single patch twice) and in x (scaled by 1/4, exactly).
+    z = _by_window_rows(aggregate_rows, nh, nwin, dim=3)
+    out = z.reshape(b, k * c, hb * stride, nbt * tile * stride)
     out = out[..., pt : pt + h, pl : pl + w]
     return out.reshape(b, k * c, h, w).to(out_dtype)
