@@ -206,11 +206,12 @@ def test_gpu_results_render_as_their_own_section_without_a_cpu_peak_share() -> N
     gpu_doc["results"] = [row]
     text = render_markdown(cpu_doc, gpu_doc=gpu_doc)
     head, gpu_part = text.split("# On a GPU: Some GPU 80GB", 1)
-    assert "torch-cuda-fp16" not in head and "results_gpu.json" in gpu_part
+    assert "| PyTorch CUDA, static KNN (FP16 plan) |" not in head and "results_gpu.json" in gpu_part
     (line,) = [x for x in gpu_part.splitlines() if x.startswith("| PyTorch CUDA, static KNN (FP16 plan)")]
     cells = [c.strip() for c in line.split("|")]
     assert cells[8] == "–" and cells[11] == "321"  # no share of the CPU's matmul peak; GPU memory shown
     assert "### Latency, throughput and memory" in gpu_part  # demoted under the GPU heading
+    assert "bench_time.png" in head and "bench_time.png" not in gpu_part  # the plots are the CPU's
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")

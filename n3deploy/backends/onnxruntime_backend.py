@@ -108,6 +108,10 @@ def make_session_options(
     options.enable_mem_pattern = mem_pattern
     options.enable_mem_reuse = mem_reuse
     options.enable_cpu_mem_arena = cpu_arena
+    # Subnormal floats are ~100x slower on x86; the KNN's negligible weights (< e^-80) times small
+    # pixel values produce some in the aggregation matmuls. Flushing them changed no output bit on
+    # the paper preset at 481x321 and saved 3-10% of the time.
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     options.log_severity_level = 3
     return options
 

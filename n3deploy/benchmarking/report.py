@@ -250,6 +250,7 @@ def _gpu_section(doc: dict[str, Any]) -> list[str]:
         "",
     ]
     body = _machine_section(doc) + _results_section(doc)
+    body = [line for line in body if not line.startswith("![")]  # the plots show the CPU document
     return lines + [f"#{line}" if line.startswith("## ") else line for line in body]
 
 
