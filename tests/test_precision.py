@@ -30,6 +30,33 @@ def test_torch_fp16_keeps_exactly_the_scopes_the_fp16_graph_keeps(tiny_model, ti
     assert parameter_dtypes(tiny_model)["blocks.0.conv1.weight"] == torch.float32  # the original is untouched
 
 
+def test_fp32_islands_keep_their_parameters_bit_for_bit(tiny_model):
+    """``half()`` works in place: an island must not round-trip through FP16 (80,000 -> inf)."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    bn = model.nls[0].aggregation.distance_bn
+    bn.running_var.fill_(79874.61)  # above FP16's largest value, like the shipped model's
+    bn.running_mean.fill_(-341.3003)  # not representable in FP16
+    mixed = mixed_fp16(model)
+    for name, value in model.nls[0].aggregation.state_dict().items():
+        assert torch.equal(mixed.nls[0].aggregation.state_dict()[name], value), name
+
+
+def test_batchnorms_are_folded_into_the_convolutions_first(tiny_model):
+    import copy
+
+    from n3deploy.precision import fold_batchnorms
+
+    folded = copy.deepcopy(tiny_model)
+    assert fold_batchnorms(folded) == 17  # every conv-BN pair of the tiny preset
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in mixed_fp16(tiny_model).modules())
+    x = torch.rand(1, 1, 40, 45)
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), tiny_model(x), atol=1e-5)
+
+
 def test_knn_islands_compute_in_fp32_and_hand_fp16_back(tiny_model):
     mixed = mixed_fp16(tiny_model)
     seen: dict[str, torch.dtype] = {}
