@@ -20,12 +20,13 @@ the fold) runs in FP32. Input and output are FP32.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PRECISIONS", "fp32_scopes", "mixed_fp16", "is_mixed_fp16", "parameter_dtypes", "fold_batchnorms"]
+__all__ = ["PRECISIONS", "fp32_scopes", "fold_batchnorms", "mixed_fp16"]
 
 #: What :class:`~n3deploy.backends.torch_backend.TorchBackend` runs: float32, the FP16 plan, or
 #: float64 (a numerical yardstick: how far float32 itself is from exact on a model).
@@ -39,20 +40,14 @@ def fp32_scopes(model: nn.Module) -> tuple[str, ...]:
     return tuple(name for name, module in model.named_modules() if isinstance(module, KNNAggregation))
 
 
-def _to_fp32(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+def _cast_args(dtype: torch.dtype, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: floating-point tensor arguments to ``dtype``."""
+    return tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
 
 
-def _to_fp16(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-    return output.half()
-
-
-def _input_to_fp16(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(a.half() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
-
-
-def _output_to_fp32(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-    return output.float()
+def _cast_output(dtype: torch.dtype, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+    """Forward hook: the output to ``dtype``."""
+    return output.to(dtype)
 
 
 def fold_batchnorms(model: nn.Module) -> int:
@@ -94,22 +89,10 @@ def mixed_fp16(model: nn.Module) -> nn.Module:
     mixed.half()
     for name, original in islands.items():
         mixed.set_submodule(name, original.float())
-    for name in scopes:
+    for name in scopes:  # FP32 islands: FP16 in, FP32 inside, FP16 out
         island = mixed.get_submodule(name)
-        island.register_forward_pre_hook(_to_fp32)
-        island.register_forward_hook(_to_fp16)
-    mixed.register_forward_pre_hook(_input_to_fp16)
-    mixed.register_forward_hook(_output_to_fp32)
-    mixed.precision_plan = "fp16"
+        island.register_forward_pre_hook(functools.partial(_cast_args, torch.float32))
+        island.register_forward_hook(functools.partial(_cast_output, torch.float16))
+    mixed.register_forward_pre_hook(functools.partial(_cast_args, torch.float16))  # FP32 input and output
+    mixed.register_forward_hook(functools.partial(_cast_output, torch.float32))
     return mixed
-
-
-def is_mixed_fp16(model: nn.Module) -> bool:
-    """Whether ``model`` came from :func:`mixed_fp16`."""
-    return getattr(model, "precision_plan", "fp32") == "fp16"
-
-
-def parameter_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
-    """``{parameter or buffer name: dtype}`` for the floating-point tensors of ``model``."""
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    return {name: t.dtype for name, t in tensors if t.is_floating_point()}

@@ -1,7 +1,7 @@
 """The ``torch`` backend: an n3deploy ``.safetensors`` checkpoint (or an N3Net) run by PyTorch.
 
 The reference every other backend is compared with (``n3deploy parity``). Runs under
-``torch.inference_mode`` on ``device`` (``cpu`` by default, ``cuda[:N]`` when available), in float32
+``torch.inference_mode`` on ``device`` (``cpu`` by default, ``cuda[:N]`` when available): in float32,
 in float64 (``precision="fp64"``: how far float32 itself is from exact), or, with
 ``precision="fp16"``, under the FP16 precision plan of the FP16 ONNX graph
 (:mod:`n3deploy.precision`: FP16 CNNs, FP32 KNN chain; FP32 input and output) -- the way to see real
@@ -24,7 +24,7 @@ __all__ = ["TorchBackend"]
 
 
 class TorchBackend(Backend):
-    """PyTorch inference of an :class:`~n3deploy.model.N3Net` (FP32, or the mixed FP16 plan)."""
+    """PyTorch inference of an :class:`~n3deploy.model.N3Net` (FP32, the mixed FP16 plan, or FP64)."""
 
     name = "torch"
 

@@ -107,18 +107,10 @@ def _flops_section(doc: dict[str, Any]) -> list[str]:
     ]
 
 
-def _cuda_backends() -> set[str]:
-    from .suite import BACKENDS
-
-    return {name for name, spec in BACKENDS.items() if spec[3] == "cuda"}
-
-
-_CUDA_BACKENDS = _cuda_backends()
-
-
 def _results_section(doc: dict[str, Any]) -> list[str]:
     labels = _labels(doc)
     peak = doc.get("matmul_peak", {}).get("gflops")
+    on_gpu = {b["name"] for b in doc["backends"] if b.get("device") == "cuda"}
     lines = [
         "## Latency, throughput and memory",
         "",
@@ -131,8 +123,7 @@ def _results_section(doc: dict[str, Any]) -> list[str]:
         if r["status"] != "ok":
             skipped.append(f"- {labels.get(r['backend'], r['backend'])} at {size}: {r['status']} — {r['note']}")
             continue
-        on_gpu = r["backend"] in _CUDA_BACKENDS
-        share = _fmt(100 * r["gflops"] / peak, ".0f") if peak and not on_gpu else "–"  # a CPU peak
+        share = _fmt(100 * r["gflops"] / peak, ".0f") if peak and r["backend"] not in on_gpu else "–"  # a CPU peak
         lines.append(
             f"| {labels.get(r['backend'], r['backend'])} | {size} | {r['megapixels']:.3f} | {r['median_s']:.3f} | "
             f"{r['repeats']} | {r['mpix_per_s']:.3f} | {r['gflops']:.1f} | {share} | {r['peak_rss_mb']:.0f} | "

@@ -287,6 +287,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
     stop = _StopRequest()
     interrupted = False
     skipped = skipped_in_row = 0
+    stat_buffers = [b for b in model.buffers() if b.is_floating_point()]  # batch-norm statistics
     try:
         while step < end_step:
             if broadcast_flag(stop.requested, info, device):
@@ -301,7 +302,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
             noisy_t, clean_t = torch.from_numpy(noisy).to(device), torch.from_numpy(clean).to(device)
             optimizer.zero_grad(set_to_none=True)
             # batch-norm statistics change in the forward pass: keep a copy to undo a broken step
-            stats = [b.detach().clone() for b in model.buffers() if b.is_floating_point()]
+            saved_stats = [b.detach().clone() for b in stat_buffers]
             loss = torch.nn.functional.mse_loss(net(noisy_t), clean_t)
             loss.backward()  # also when the loss is not finite: data-parallel ranks must all reduce
             # The norm is computed after the all-reduce, so every rank takes the same decision.
@@ -311,7 +312,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
             if skip:  # one non-finite step must not turn every weight into NaN: undo it
                 optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():
-                    for buffer, saved in zip([b for b in model.buffers() if b.is_floating_point()], stats):
+                    for buffer, saved in zip(stat_buffers, saved_stats):
                         buffer.copy_(saved)
                 skipped += 1
                 skipped_in_row += 1
