@@ -8,7 +8,7 @@ import torch
 from skimage import data
 
 from n3deploy.knn import knn_aggregate_reference, knn_aggregate_static
-from n3deploy.knn.common import log1mexp, selection_rounds
+from n3deploy.knn.common import log1m_softmax, log1mexp, selection_rounds
 from n3deploy.knn.reference import neighbour_index
 
 KNN_ARGS = dict(k=7, patch_size=10, stride=5, window=15, temp_bias=0.1)
@@ -122,6 +122,42 @@ def test_log1mexp_is_accurate_and_finite():
     got32 = log1mexp(w.float())
     assert torch.isfinite(got32).all()
     assert torch.allclose(got32[1:-1].double(), exact[:-1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 30.0, 300.0])
+def test_log1m_softmax_is_as_accurate_as_log1mexp(scale):
+    # scale 30+ makes rows nearly one-hot: the top weight is within 1e-6 of 1, where log1p(-p) fails
+    torch.manual_seed(0)
+    logw = torch.log_softmax(torch.randn(64, 225, dtype=torch.float64) * scale, -1)
+    exact = torch.log(-torch.expm1(logw))
+    finite = torch.isfinite(exact)
+    for dtype, tol in ((torch.float64, 1e-13), (torch.float32, 3e-6)):
+        lw = logw.to(dtype)
+        got = log1m_softmax(lw, lw.exp())
+        assert (got.double() - exact)[finite].abs().max() <= tol
+        assert (log1mexp(lw, lw.exp()).double() - exact)[finite].abs().max() <= tol
+
+
+def test_log1m_softmax_has_finite_gradients_on_one_hot_rows():
+    logits = torch.tensor([[0.0, -200.0, -300.0], [1.0, 2.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    logw = torch.log_softmax(logits, -1)
+    assert logw.exp()[0, 0] == 1.0  # p == 1 exactly: log1p(-p) alone would be -inf
+    out = log1m_softmax(logw, logw.exp())
+    out.sum().backward()
+    assert torch.isfinite(out[1]).all() and torch.isfinite(logits.grad).all()
+
+
+def test_exported_graphs_take_the_tanh_form_and_eager_the_log1p_form(monkeypatch):
+    # the exported form is the one ONNX Runtime runs fastest (see common._log1m_weights)
+    from n3deploy.knn.common import _log1m_weights
+
+    torch.manual_seed(0)
+    logw = torch.log_softmax(torch.randn(64, 225) * 10, -1)
+    p = logw.exp()
+    assert not torch.equal(log1mexp(logw, p), log1m_softmax(logw, p))  # the forms differ in rounding
+    assert torch.equal(_log1m_weights(logw, p), log1m_softmax(logw, p))
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    assert torch.equal(_log1m_weights(logw, p), log1mexp(logw, p))
 
 
 def test_static_gradients_are_exact():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["pad_amounts", "window_start", "log1mexp", "selection_rounds", "distance_logits", "TINY", "SOFTMAX_FLOOR"]
+__all__ = ["pad_amounts", "window_start", "log1mexp", "log1m_softmax", "selection_rounds", "distance_logits", "TINY", "SOFTMAX_FLOOR"]
 
 # Smallest positive normal float32: log(TINY) = -87.3 stands in for log(0).
 TINY = 1.1754943508222875e-38
@@ -48,10 +48,40 @@ def log1mexp(w: Tensor, exp_w: Tensor | None = None) -> Tensor:
     return torch.log((torch.tanh(w * -0.5) * (1.0 + exp_w)).clamp_min(TINY))
 
 
+def log1m_softmax(logw: Tensor, p: Tensor) -> Tensor:
+    """``log(1 - p)`` for softmax probabilities ``p = exp(logw)`` over the last dimension.
+
+    Only a row's largest probability can exceed 1/2 (they sum to 1), and only there does
+    ``log1p(-p)`` lose digits. So every entry takes ``log1p(-p)`` except the row's maximum,
+    which takes :func:`log1mexp` of its log-probability (one value per row). The clamp at 1/2
+    changes no selected value; it keeps ``log1p(-p)`` finite where ``p == 1``, so the unused
+    branch of the ``Where`` cannot send NaN gradients. Same accuracy as :func:`log1mexp` on
+    every entry (max abs error 2e-6 in float32, 4e-15 in float64, measured over logits
+    of scale 0.3-300) at 1.8 instead of 3.0 ms per round of 64x96x225 on 2 CPU threads:
+    one ``tanh`` per row instead of per entry. Exports to ReduceMax, Equal, Where, Clip, Log.
+    """
+    top = logw.amax(-1, keepdim=True)
+    return torch.where(logw == top, log1mexp(top), torch.log1p(-p.clamp(max=0.5)))
+
+
+def _log1m_weights(logw: Tensor, p: Tensor) -> Tensor:
+    """``log(1 - p)`` of one round's weights, in the form that is fastest where it runs.
+
+    Both forms are accurate to a few float32 ulps of ``log(-expm1(w))`` (tests/test_knn.py).
+    PyTorch runs :func:`log1m_softmax` (its CPU ``tanh`` costs as much as four other passes);
+    an exported graph gets :func:`log1mexp`: ONNX Runtime's Tanh is vectorised, while the
+    broadcast Where of :func:`log1m_softmax` made the paper graph 10-40 ms slower at 481x321.
+    """
+    if torch.compiler.is_exporting():
+        return log1mexp(logw, p)
+    return log1m_softmax(logw, p)
+
+
 def selection_rounds(logits: Tensor, k: int) -> list[Tensor]:
     """The k rounds of continuous nearest-neighbour selection over the last dimension.
 
-    Round r: ``w = log_softmax(logits)``, weights ``exp(w)``, then ``logits += log(1 - exp(w))``.
+    Round r: ``w = log_softmax(logits)``, weights ``exp(w)``, then ``logits += log(1 - exp(w))``
+    (:func:`log1m_softmax`).
     Before each softmax, logits more than ``SOFTMAX_FLOOR`` below their row's maximum are raised
     to that floor: their weights (< e^-80, about 1e-35) stay negligible, and every ``exp`` stays
     in the normal float range (CPUs run exponentials of subnormal results ~15x slower).
@@ -65,7 +95,7 @@ def selection_rounds(logits: Tensor, k: int) -> list[Tensor]:
         p = torch.exp(logw)
         weights.append(p)
         if r + 1 < k:
-            logits = logits + log1mexp(logw, p)
+            logits = logits + _log1m_weights(logw, p)
     return weights
 
 
