@@ -14,8 +14,9 @@ from ..config import N3NetConfig
 __all__ = ["FlopCount", "model_flops_per_pixel", "conv_flops_per_pixel", "SOFTMAX_ROUND_FLOPS"]
 
 # Elementwise FLOPs per (patch, candidate, round) of the continuous selection: the floor
-# (max, sub, max), log-softmax (sub, exp, sum, log, sub), exp, and log(1-exp(w)) (mul, tanh,
-# add, mul, mul, log, add). Transcendentals count as 1.
+# (max, sub, max), log-softmax (sub, exp, sum, log, sub), exp, and log(1-exp(w)) plus the update
+# (PyTorch: max, eq, clamp, neg, log1p, where, add; exported: mul, tanh, add, mul, max, log, add).
+# Transcendentals count as 1.
 SOFTMAX_ROUND_FLOPS = 16
 
 

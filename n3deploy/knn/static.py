@@ -35,7 +35,10 @@ Formulation (``s`` = stride, ``W`` = window, ``T`` = column tile, ``D = C*s*s``)
   Measured formulations and their timings: ``benchmarks/knn_formulations.md``.
 * **Precision plan.** Everything here runs in at least float32 whatever the input dtype
   (float16 inputs are upcast, the result cast back); masked logits are finite, never
-  ``-inf``; log(1-exp(w)) is the branch-free :func:`n3deploy.knn.common.log1mexp`.
+  ``-inf``; log(1-exp(w)) is computed without cancellation (:func:`n3deploy.knn.common.selection_rounds`).
+* **Gathers run along the first axis** (:func:`_take`): PyTorch's CPU ``index_select`` copies
+  whole rows there; the one exception is the column fold, whose k-float runs are the layout
+  the aggregation matmuls read.
 """
 
 from __future__ import annotations
@@ -244,7 +247,7 @@ def knn_aggregate_static(
     logits = torch.where(valid[None], logits, MASKED_LOGIT).reshape(b, nh, nw, nwin * nwin)
     weights = selection_rounds(logits, k)
 
-    # k x B x nh x nw x W*W -> weights matrix B x ((nh+1)*W) x ((nw+1)*W*k): rows (q_i, a),
+    # k tensors B x nh x nw x W*W -> weights matrix B x ((nh+1)*W) x ((nw+1)*W*k): rows (q_i, a),
     # columns (q_j, b, r); the zero padding (row nh*W, column nw*W) serves out-of-range lookups.
     # Stacked k-innermost, then (q_j, a) swapped in runs of W*k in the pad's copy: two cheap
     # copies. One transpose from k-major (k moves from outermost to innermost) is as fast in
