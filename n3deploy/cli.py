@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console command, not a call from Python: restart with huge pages (perf.py)
+        from .perf import reexec_with_hugepages
+
+        reexec_with_hugepages()
     parser = build_parser()
     args = parser.parse_args(argv)
     from .perf import tune_cpu_allocator

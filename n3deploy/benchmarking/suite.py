@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..perf import HUGEPAGE_TUNABLE, hugepage_env
+
 __all__ = [
     "BenchSettings", "BackendInfo", "Measurement", "BACKENDS", "DEFAULT_SIZES", "QUICK_SIZES",
     "parse_size", "probe_backends", "paused", "matmul_peak", "run_suite", "evaluate_criteria", "merge_results",
@@ -281,7 +283,14 @@ def machine_info(threads: int) -> dict[str, Any]:
     from ..perf import tune_cpu_allocator
 
     info["allocator_tuned"] = tune_cpu_allocator()
-    info["allocator"] = "glibc mallopt via n3deploy.perf.tune_cpu_allocator (in every worker)"
+    try:
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+    except OSError:
+        thp = "unknown"
+    info["allocator"] = (
+        "glibc mallopt via n3deploy.perf.tune_cpu_allocator and GLIBC_TUNABLES=" + HUGEPAGE_TUNABLE
+        + f" (transparent huge pages; kernel setting: {thp}) in every worker"
+    )
     return info
 
 
@@ -514,7 +523,8 @@ def run_worker(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """Run ``job`` in a fresh interpreter; returns its result dict (``ok`` False on failure)."""
     cmd = [sys.executable, "-m", "n3deploy.benchmarking.suite", "worker", json.dumps(job)]
     root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # every worker, whatever its backend, gets the huge-page tunable the command line runs with
+    env = {**hugepage_env(), "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     threads = str(job.get("threads", 1))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     try:
