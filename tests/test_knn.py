@@ -50,14 +50,15 @@ def test_static_equals_reference_float32_on_a_photo(size):
     assert (reference - x.repeat(1, 7, 1, 1)).abs().mean() > 1e-3
 
 
+@pytest.mark.parametrize("group", [None, 8], ids=["eager-group", "export-group"])
 @pytest.mark.parametrize("size", [(40, 40), (97, 123)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_static_equals_reference_float64_random_batch(size):
+def test_static_equals_reference_float64_random_batch(size, group):
     torch.manual_seed(0)
     x = torch.rand(2, 8, *size, dtype=torch.float64)
     embed = 0.02 * torch.randn(2, 8, *size, dtype=torch.float64)
     log_temp = torch.randn(2, 1, *size, dtype=torch.float64)
     bn = distance_bn()
-    static = knn_aggregate_static(x, embed, log_temp, bn, **KNN_ARGS)
+    static = knn_aggregate_static(x, embed, log_temp, bn, group=group, **KNN_ARGS)
     reference = knn_aggregate_reference(x, embed, log_temp, bn, **KNN_ARGS)
     assert (static - reference).abs().max().item() <= 1e-12
 
@@ -158,6 +159,20 @@ def test_exported_graphs_take_the_tanh_form_and_eager_the_log1p_form(monkeypatch
     assert torch.equal(_log1m_weights(logw, p), log1m_softmax(logw, p))
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
     assert torch.equal(_log1m_weights(logw, p), log1mexp(logw, p))
+
+
+def test_exported_graphs_contract_more_slots_per_matmul(monkeypatch):
+    # EXPORT_GROUP is what ONNX Runtime runs fastest (see n3deploy.knn.static)
+    import n3deploy.knn.static as static
+
+    groups = []
+    original = static._tiled_row_groups
+    monkeypatch.setattr(static, "_tiled_row_groups", lambda *a: groups.append(a[-1]) or original(*a))
+    x, embed, log_temp = photo_inputs(40, 40)
+    static.knn_aggregate_static(x, embed, log_temp, distance_bn(), **KNN_ARGS)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    static.knn_aggregate_static(x, embed, log_temp, distance_bn(), **KNN_ARGS)
+    assert groups == [static.DEFAULT_GROUP] * 2 + [static.EXPORT_GROUP] * 2
 
 
 def test_static_gradients_are_exact():
