@@ -10,7 +10,8 @@ dead buffer to the next tensor of the same (symbolic) shape, however far away, a
 buffer allocated until then. The two N3 blocks have identical tensor shapes, so every buffer
 of ``nls.0`` (113 of them, ~1.5 GB at 481x321) was held until its twin in ``nls.1``. Without
 reuse, peak RSS over the session at 481x321: 1.80 -> 0.48 GB; at 1024x1024: 12.0 -> 3.2 GB
-(bit-identical output, no slower). Device selection:
+(bit-identical output, no slower; graphs exported since with 8 slots per matmul,
+``n3deploy.knn.static.EXPORT_GROUP``, peak at 0.63 and 4.1 GB). Device selection:
 
 * ``None``/``"auto"``: CUDA when the installed ``onnxruntime-gpu`` offers it, else CPU;
 * ``"cpu"``; ``"cuda"`` or ``"cuda:N"``; ``"tensorrt"`` (ONNX Runtime's TensorRT provider, with
