@@ -92,11 +92,10 @@ def reexec_with_hugepages() -> None:
         return
     if os.environ.get("N3DEPLOY_HUGEPAGES", "1") == "0":
         return
-    if "glibc.malloc.hugetlb=" in os.environ.get("GLIBC_TUNABLES", ""):
-        return
+    env = hugepage_env()
     argv = list(getattr(sys, "orig_argv", []))
-    if not argv or not sys.executable:
-        return
+    if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES") or not argv or not sys.executable:
+        return  # already set (by us or by the user), or nothing to restart
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], hugepage_env())
+    os.execve(sys.executable, [sys.executable, *argv[1:]], env)

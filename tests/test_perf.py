@@ -55,3 +55,19 @@ def test_the_command_line_still_answers_after_restarting():
     out = subprocess.run([sys.executable, "-m", "n3deploy.cli", "--version"], capture_output=True, text=True, env=_clean_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"n3deploy {__version__}"
+
+
+def test_only_the_console_command_restarts(monkeypatch):
+    # `n3deploy ...` (argv from the command line) restarts; calls from Python with argv never do
+    import n3deploy.perf as perf
+    from n3deploy import cli
+
+    calls = []
+    monkeypatch.setattr(perf, "reexec_with_hugepages", lambda: calls.append("restart"))
+    monkeypatch.setattr(sys, "argv", ["n3deploy", "--version"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert calls == ["restart"]
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert calls == ["restart"]

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..perf import HUGEPAGE_TUNABLE, hugepage_env
+from ..perf import HUGEPAGE_TUNABLE, hugepage_env, tune_cpu_allocator
 
 __all__ = [
     "BenchSettings", "BackendInfo", "Measurement", "BACKENDS", "DEFAULT_SIZES", "QUICK_SIZES",
@@ -280,8 +280,6 @@ def machine_info(threads: int) -> dict[str, Any]:
         info["tensorrt"] = tensorrt.__version__
     except ImportError:
         info["tensorrt"] = None
-    from ..perf import tune_cpu_allocator
-
     info["allocator_tuned"] = tune_cpu_allocator()
     try:
         thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
@@ -352,8 +350,6 @@ def _timed_runs(fn: Callable[[], Any], warmup: int, repeats: int, max_job_s: flo
 
 def _worker_measure(job: dict[str, Any]) -> dict[str, Any]:
     """Run in a fresh process: build one backend, time it at one size, report memory."""
-    from ..perf import tune_cpu_allocator
-
     tune_cpu_allocator()
     import numpy as np
 
@@ -413,8 +409,6 @@ def _worker_measure(job: dict[str, Any]) -> dict[str, Any]:
 
 def _worker_breakdown(job: dict[str, Any]) -> dict[str, Any]:
     """Breakdown of each KNN in ``job["knns"]``, one after the other in this process."""
-    from ..perf import tune_cpu_allocator
-
     tune_cpu_allocator()
     import torch
 
@@ -444,8 +438,6 @@ def _worker_export(job: dict[str, Any]) -> dict[str, Any]:
 
 def _worker_denoiser(job: dict[str, Any]) -> dict[str, Any]:
     """``Denoiser(onnx).denoise`` of one RGB uint8 image in a fresh process: time and peak RSS."""
-    from ..perf import tune_cpu_allocator
-
     tune_cpu_allocator()
     import numpy as np
 

@@ -81,7 +81,7 @@ def selection_rounds(logits: Tensor, k: int) -> list[Tensor]:
     """The k rounds of continuous nearest-neighbour selection over the last dimension.
 
     Round r: ``w = log_softmax(logits)``, weights ``exp(w)``, then ``logits += log(1 - exp(w))``
-    (:func:`log1m_softmax`).
+    (:func:`log1m_softmax` in PyTorch, :func:`log1mexp` in exported graphs).
     Before each softmax, logits more than ``SOFTMAX_FLOOR`` below their row's maximum are raised
     to that floor: their weights (< e^-80, about 1e-35) stay negligible, and every ``exp`` stays
     in the normal float range (CPUs run exponentials of subnormal results ~15x slower).
