@@ -47,7 +47,9 @@ class Denoiser:
 
     Args:
         model_path: ``.safetensors`` checkpoint, ``.onnx`` graph or ``.plan``/``.engine``;
-            ``None`` uses the model shipped with n3deploy (:func:`n3deploy.default_model_path`).
+            ``None`` uses the model shipped with n3deploy (:func:`n3deploy.default_model_path`);
+            an ``http(s)://host:port`` server URL with ``backend="remote"``; or a loaded
+            :class:`~n3deploy.backends.base.Backend`.
         backend: ``auto`` (TensorRT plan on a GPU, else ONNX Runtime with the best provider
             that works, else torch), ``torch``, ``onnxruntime`` or ``tensorrt``.
         tile: tile side in px for large images (default 512, or the graph's fixed shape).
@@ -69,8 +71,15 @@ class Denoiser:
             from .assets import default_model_path
 
             model_path = default_model_path()
-        self.model_path = Path(model_path)
-        self._backend = load_backend(self.model_path, backend=backend, device=device)
+        from .backends.base import Backend
+
+        if isinstance(model_path, Backend):  # an already loaded backend (e.g. one a server wraps)
+            self._backend = model_path
+            self.model_path = model_path.model_path
+        else:
+            remote = isinstance(model_path, str) and model_path.lower().startswith(("http://", "https://"))
+            self.model_path = model_path if remote else Path(model_path)  # a server URL stays a string
+            self._backend = load_backend(self.model_path, backend=backend, device=device)
         self.metadata: dict[str, Any] = dict(getattr(self._backend, "metadata", {}) or {})
         limits = self._backend.input_shape_limits
         self.channels = int(getattr(limits, "channels", None) or _config_channels(self.metadata))
