@@ -50,11 +50,16 @@ class Denoiser:
             ``None`` uses the model shipped with n3deploy (:func:`n3deploy.default_model_path`);
             an ``http(s)://host:port`` server URL with ``backend="remote"``; or a loaded
             :class:`~n3deploy.backends.base.Backend`.
-        backend: ``auto`` (TensorRT plan on a GPU, else ONNX Runtime with the best provider
-            that works, else torch), ``torch``, ``onnxruntime`` or ``tensorrt``.
+        backend: ``auto`` (from the file type: ``.onnx`` -> ONNX Runtime with the best provider
+            that works, ``.plan`` -> TensorRT, ``.safetensors`` -> torch) or any name of
+            :data:`n3deploy.backends.BACKENDS` (``torch``, ``onnxruntime``, ``openvino``, ``tensorrt``, ...).
         tile: tile side in px for large images (default 512, or the graph's fixed shape).
         overlap: px shared by neighbouring tiles, blended linearly (default 64).
         device: ``cpu``/``cuda`` (backend-specific; ``None`` chooses).
+        precision: ``None`` keeps FP32 (or the precision a graph/engine was built in); ``fp16`` /
+            ``bf16`` ask for the reduced-precision plan where the backend offers it (e.g.
+            ``backend="openvino", precision="bf16"`` on CPUs with AVX512_BF16/AMX), ``fp64`` for torch.
+        backend_opts: passed to the backend (e.g. ``threads=2`` for onnxruntime / openvino).
     """
 
     def __init__(
@@ -64,6 +69,8 @@ class Denoiser:
         tile: int | None = None,
         overlap: int | None = None,
         device: str | None = None,
+        precision: str | None = None,
+        **backend_opts: Any,
     ) -> None:
         from .backends import load_backend
 
@@ -79,17 +86,17 @@ class Denoiser:
         else:
             remote = isinstance(model_path, str) and model_path.lower().startswith(("http://", "https://"))
             self.model_path = model_path if remote else Path(model_path)  # a server URL stays a string
-            self._backend = load_backend(self.model_path, backend=backend, device=device)
+            self._backend = load_backend(self.model_path, backend=backend, device=device, precision=precision, **backend_opts)
         self.metadata: dict[str, Any] = dict(getattr(self._backend, "metadata", {}) or {})
         limits = self._backend.input_shape_limits
-        self.channels = int(getattr(limits, "channels", None) or _config_channels(self.metadata))
+        self.channels = int(limits.channels or _config_channels(self.metadata))
         self.sigma = self.metadata.get("sigma")
         self._lock = threading.Lock() if self.backend == "tensorrt" else None
         self.plan = self._tile_plan(tile, overlap)
 
     @property
     def backend(self) -> str:
-        """The backend that runs: ``torch``, ``onnxruntime`` or ``tensorrt``."""
+        """The backend that runs (a name of :data:`n3deploy.backends.BACKENDS`)."""
         return self._backend.name
 
     @property
@@ -98,21 +105,21 @@ class Denoiser:
 
     def _tile_plan(self, tile: int | None, overlap: int | None) -> TilePlan:
         limits = self._backend.input_shape_limits
-        fixed = None if getattr(limits, "is_dynamic", True) else (limits.height, limits.width)
+        fixed = None if limits.is_dynamic else (limits.height, limits.width)
         if fixed:
             if tile is not None and (tile, tile) != tuple(fixed):
                 raise ValueError(f"this graph has a fixed input of {fixed[0]}x{fixed[1]}: tile must be left unset")
             ov = overlap if overlap is not None else min(DEFAULT_OVERLAP, min(fixed) // 4)
             return TilePlan(tile=tuple(fixed), overlap=ov, min_size=MIN_SIZE, fixed=True)
         side = tile if tile is not None else DEFAULT_TILE
-        for bound in (getattr(limits, "max_height", None), getattr(limits, "max_width", None)):
+        for bound in (limits.max_height, limits.max_width):
             if bound:
                 side = min(side, bound)
         if side < 2 * MIN_SIZE:
             raise ValueError(f"tile must be at least {2 * MIN_SIZE} px, got {side}")
         ov = overlap if overlap is not None else min(DEFAULT_OVERLAP, side // 4)
         return TilePlan(
-            tile=(side, side), overlap=ov, min_size=max(MIN_SIZE, getattr(limits, "min_size", 1)),
+            tile=(side, side), overlap=ov, min_size=max(MIN_SIZE, limits.min_size),
             stride=int(_config(self.metadata).get("stride", 1)),
         )
 

@@ -1,4 +1,4 @@
-"""Numerical parity between backends: PyTorch FP32 (reference), ONNX Runtime FP32/FP16, TensorRT.
+"""Numerical parity between backends: PyTorch FP32 (reference), ONNX Runtime FP32/FP16, OpenVINO, TensorRT.
 
 The same noisy images (the evaluation protocol of :mod:`n3deploy.evaluate`: image ``i`` gets
 ``sigma/255 * default_rng([seed, i]).standard_normal``, not clipped) go through every backend via
@@ -13,8 +13,9 @@ that need the clean image (PSNR, and so ΔPSNR) are computed here:
 * PSNR of each backend's (clipped) output against the clean image, ΔPSNR vs the reference,
 * the number of NaN/Inf output values.
 
-Pass criteria (:class:`Tolerances`): FP32 backends ``max abs <= 1e-4``; FP16/mixed backends
-``|ΔPSNR| <= 0.02 dB`` (mean over images); no NaN/Inf anywhere.
+Pass criteria (:class:`Tolerances`): FP32 backends ``max abs <= 1e-4``; backends running the
+reduced-precision plan (``fp16``, ``bf16``) ``|ΔPSNR| <= 0.02 dB`` (mean over images); no NaN/Inf
+anywhere.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, InputShapeLimits
 from .errors import InvalidImageError
 from .export.metadata import INPUT_NAME, OUTPUT_NAME
 from .fileio import atomic_path
+from .precision import REDUCED_PRECISIONS
 
 __all__ = [
     "Tolerances",
@@ -52,7 +54,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Pass criteria. ``fp32_max_abs`` for FP32 backends, ``fp16_delta_psnr`` (dB) for FP16 ones."""
+    """Pass criteria. ``fp32_max_abs`` for FP32 backends, ``fp16_delta_psnr`` (dB) for the
+    reduced-precision ones (``fp16`` and ``bf16``)."""
 
     fp32_max_abs: float = 1e-4
     fp16_delta_psnr: float = 0.02
@@ -75,7 +78,7 @@ class RunnerSpec:
     runner: Any
     precision: str
     providers: list[str]
-    input_shape_limits: Any = None
+    input_shape_limits: Optional[InputShapeLimits] = None
 
 
 @dataclass
@@ -94,8 +97,9 @@ class BackendParity:
     failures: list[str] = field(default_factory=list)
 
     @property
-    def is_fp16(self) -> bool:
-        return "16" in self.precision
+    def is_reduced(self) -> bool:
+        """Runs the reduced-precision plan (``fp16``/``bf16``): judged by ΔPSNR, not max abs."""
+        return self.precision in REDUCED_PRECISIONS
 
     def summary(self) -> dict[str, float]:
         return {
@@ -115,7 +119,7 @@ class BackendParity:
             self.failures.append(f"{s['nonfinite']} NaN/Inf output values")
         if is_reference or self.precision == "fp64":
             return  # a float64 run measures the reference's own float32 error: information, no bar
-        if self.is_fp16:
+        if self.is_reduced:
             if not abs(s["delta_psnr"]) <= tol.fp16_delta_psnr:
                 self.failures.append(f"|ΔPSNR| {abs(s['delta_psnr']):.4f} dB > {tol.fp16_delta_psnr} dB")
         elif not s["max_abs"] <= tol.fp32_max_abs:
@@ -153,7 +157,7 @@ class ParityReport:
                 f"{s['delta_psnr']:+8.4f} {s['nonfinite']:7d} {s['seconds']:7.3f}  {verdict}"
             )
         lines.append(
-            f"tolerances: FP32 max abs <= {self.tolerances.fp32_max_abs:g}, FP16 |ΔPSNR| <= "
+            f"tolerances: FP32 max abs <= {self.tolerances.fp32_max_abs:g}, FP16/BF16 |ΔPSNR| <= "
             f"{self.tolerances.fp16_delta_psnr:g} dB, no NaN/Inf -> {'PASS' if self.ok else 'FAIL'}"
         )
         exact = next((b for b in self.backends if b.precision == "fp64"), None)
@@ -199,7 +203,7 @@ def _backend_runner_class():
             self.backend = backend
 
         def get_input_metadata_impl(self):
-            channels = getattr(self.backend.input_shape_limits, "channels", None)
+            channels = self.backend.input_shape_limits.channels
             meta = TensorMetadata()
             meta.add(INPUT_NAME, dtype=DataType.FLOAT32, shape=(None, channels, None, None))
             return meta
@@ -247,10 +251,9 @@ def crop_cases(cases: list[ParityCase], size: Optional[tuple[int, int]]) -> list
 def _fixed_size(items: Sequence[Any]) -> Optional[tuple[int, int]]:
     sizes = set()
     for item in items:
-        limits = item.input_shape_limits
-        h, w = getattr(limits, "height", None), getattr(limits, "width", None)
-        if h is not None and w is not None:
-            sizes.add((h, w))
+        limits: Optional[InputShapeLimits] = item.input_shape_limits
+        if limits is not None and limits.height is not None and limits.width is not None:
+            sizes.add((limits.height, limits.width))
     if len(sizes) > 1:
         raise InvalidImageError(f"the fixed-size graphs disagree on the image size: {sorted(sizes)}")
     return sizes.pop() if sizes else None

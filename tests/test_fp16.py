@@ -42,7 +42,7 @@ def test_fp16_graph_is_strongly_typed_with_an_fp32_knn_chain(tiny_onnx_fp16):
     # The only casts are the boundaries: input, output, and into/out of each N3 block's KNN.
     assert sum(n.op_type == "Cast" for n in model.graph.node) <= 12
     meta = read_metadata(tiny_onnx_fp16.path)
-    assert meta.precision == "mixed-fp16" and meta.fp32_scopes == ("nls.0.aggregation", "nls.1.aggregation")
+    assert meta.precision == "fp16" and meta.fp32_scopes == ("nls.0.aggregation", "nls.1.aggregation")
 
 
 def test_fp16_graph_passes_the_audit_and_reports_precision_by_part(tiny_onnx_fp16):
@@ -55,7 +55,7 @@ def test_fp16_graph_passes_the_audit_and_reports_precision_by_part(tiny_onnx_fp1
 
 def test_fp16_matches_fp32_on_real_photos_at_sigma_25(tiny_onnx, tiny_onnx_fp16, photos):
     fp32, fp16 = load_backend(tiny_onnx.path), load_backend(tiny_onnx_fp16.path)
-    assert fp16.precision == "mixed-fp16"
+    assert fp16.precision == "fp16"
     deltas = []
     for i, (_, clean) in enumerate(photos):
         noisy = add_noise(clean, 25.0, image_rng(0, i))[None]

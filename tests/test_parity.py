@@ -34,7 +34,7 @@ def test_parity_command_passes_and_writes_the_report(tiny_checkpoint, tiny_onnx,
     by_name = {b["name"]: b for b in report["backends"]}
     assert by_name["onnxruntime-fp32"]["summary"]["max_abs"] <= 1e-4
     fp16 = by_name["onnxruntime-fp16"]
-    assert fp16["precision"] == "mixed-fp16" and abs(fp16["summary"]["delta_psnr"]) <= 0.02
+    assert fp16["precision"] == "fp16" and abs(fp16["summary"]["delta_psnr"]) <= 0.02
     assert fp16["summary"]["nonfinite"] == 0 and 0 < fp16["summary"]["max_abs"] < 1e-2
     assert by_name["torch"]["summary"]["delta_psnr"] == 0.0
 

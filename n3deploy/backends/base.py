@@ -1,9 +1,14 @@
-"""The interface every inference backend implements (PyTorch, ONNX Runtime, TensorRT).
+"""The interface every inference backend implements (PyTorch, ONNX Runtime, OpenVINO, TensorRT, ...).
 
 A :class:`Backend` maps a float32 ``B x C x H x W`` numpy array in [0, 1] (noisy) to a float32
 ``B x C x H x W`` array (denoised) and describes itself: ``name``, ``precision``, the execution
 ``providers`` actually in use, the ``input_shape_limits`` it accepts and the model ``metadata``
 (``config``, ``sigma``, ...). Plain numpy: importing this module needs neither torch nor onnx.
+
+:meth:`Backend.run` is concrete: it validates the input (:meth:`Backend.check_input`: type, dtype,
+emptiness, rank, channels, the shape limits, NaN/Inf) for every backend, then calls the
+subclass's :meth:`Backend.run_impl`, which sees only valid C-contiguous float32 batches (as
+Polygraphy's ``infer`` / ``infer_impl``).
 """
 
 from __future__ import annotations
@@ -74,8 +79,8 @@ class InputShapeLimits:
 class Backend(abc.ABC):
     """A loaded model that denoises ``B x C x H x W`` float32 batches.
 
-    Subclasses implement :meth:`run` (usually by validating with :meth:`check_input` and
-    calling their engine) and the descriptive properties.
+    Subclasses implement :meth:`run_impl` (called by :meth:`run` after validation) and the
+    descriptive properties.
     """
 
     name: str = "backend"
@@ -84,7 +89,8 @@ class Backend(abc.ABC):
     @property
     @abc.abstractmethod
     def precision(self) -> str:
-        """``"fp32"``, ``"fp16"`` or ``"mixed-fp16"`` (FP16 graph with FP32 islands)."""
+        """One of :data:`n3deploy.precision.PRECISIONS`: ``fp32``, ``fp16``/``bf16`` (the
+        reduced-precision plan: convolutions reduced, the KNN part FP32) or ``fp64``."""
 
     @property
     def providers(self) -> list[str]:
@@ -93,17 +99,26 @@ class Backend(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def input_shape_limits(self) -> Any:
-        """An :class:`InputShapeLimits` (what :meth:`run` accepts)."""
+    def input_shape_limits(self) -> InputShapeLimits:
+        """What :meth:`run` accepts."""
 
     @property
     def metadata(self) -> dict[str, Any]:
         """Model metadata: ``config`` (dict), ``sigma`` (float or None), ..."""
         return {}
 
-    @abc.abstractmethod
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Denoise ``x`` (float32 ``B x C x H x W``, values in [0, 1]) -> float32 ``B x C x H x W``."""
+        """Denoise ``x`` (float32 ``B x C x H x W``, values in [0, 1]) -> float32 ``B x C x H x W``.
+
+        Raises :class:`~n3deploy.errors.InvalidImageError` (saying what to do) for anything the
+        model cannot take; see :meth:`check_input`.
+        """
+        return self.run_impl(self.check_input(x))
+
+    @abc.abstractmethod
+    def run_impl(self, x: np.ndarray) -> np.ndarray:
+        """The engine call: ``x`` is a validated C-contiguous float32 ``B x C x H x W`` batch;
+        returns float32 ``B x C x H x W``."""
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Validate ``x`` (type, dtype, shape limits, finiteness); returns it C-contiguous."""
@@ -113,11 +128,7 @@ class Backend(abc.ABC):
             raise InvalidImageError(f"expected float32 input, got {x.dtype} (convert with x.astype(np.float32))")
         if x.size == 0:
             raise InvalidImageError(f"empty input of shape {x.shape}")
-        limits = self.input_shape_limits
-        if isinstance(limits, InputShapeLimits):
-            limits.check(x.shape)
-        elif x.ndim != 4:
-            raise InvalidImageError(f"expected a B x C x H x W array, got shape {x.shape}")
+        self.input_shape_limits.check(x.shape)
         if not np.isfinite(x).all():
             raise InvalidImageError("the input contains NaN or Inf values")
         return np.ascontiguousarray(x)

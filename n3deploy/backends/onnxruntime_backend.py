@@ -117,7 +117,7 @@ def make_session_options(
 
 
 class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime inference of an n3deploy ONNX graph (FP32 or mixed FP16); float32 in, float32 out."""
+    """ONNX Runtime inference of an n3deploy ONNX graph (FP32, or the FP16 plan's graph); float32 in, float32 out."""
 
     name = "onnxruntime"
 
@@ -174,9 +174,9 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def precision(self) -> str:
-        if "precision" in self._metadata:
-            return str(self._metadata["precision"])
-        return "fp32"
+        from ..precision import normalize_precision
+
+        return normalize_precision(str(self._metadata.get("precision", "fp32")))
 
     @property
     def providers(self) -> list[str]:
@@ -214,8 +214,7 @@ class OnnxRuntimeBackend(Backend):
         """The underlying ``onnxruntime.InferenceSession``."""
         return self._session
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        x = self.check_input(x)
+    def run_impl(self, x: np.ndarray) -> np.ndarray:
         step = self.input_shape_limits.batch or x.shape[0]
         outs = [
             self._session.run([self._output], {self._input.name: x[i : i + step]})[0]

@@ -1,11 +1,11 @@
 """The inference API's ``tensorrt`` backend: a TensorRT plan (or an ONNX file built once via the engine cache).
 
 Implements the Backend interface of :mod:`n3deploy.backends.base` (``name``, ``precision``,
-``providers``, ``input_shape_limits``, ``metadata``, ``run``). Needs TensorRT >= 10, a CUDA GPU and
+``providers``, ``input_shape_limits``, ``metadata``, ``run_impl``; ``Backend.run`` validates first). Needs TensorRT >= 10, a CUDA GPU and
 device buffers from PyTorch-with-CUDA or cuda-python; without them construction raises
 :class:`~n3deploy.errors.BackendUnavailableError` naming what is missing. The engine's metadata
 (TensorRT version, GPU, profile) is checked before the plan is deserialized, and every input is
-checked against the profile before it reaches TensorRT.
+validated (finite, non-empty float32 B×C×H×W inside the profile) before it reaches TensorRT.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidImageError
 from ..tensorrt.metadata import EngineMetadata
 from .base import Backend, InputShapeLimits
 
@@ -56,7 +55,9 @@ class TensorRTBackend(Backend):
 
     @property
     def precision(self) -> str:
-        return self.engine_metadata.precision
+        from ..precision import normalize_precision
+
+        return normalize_precision(self.engine_metadata.precision)
 
     @property
     def providers(self) -> list[str]:
@@ -87,12 +88,8 @@ class TensorRTBackend(Backend):
         }
         return data
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Denoise a float32 B×C×H×W batch inside the engine's profile (else EngineMismatchError with a fix)."""
-        if not isinstance(x, np.ndarray) or x.ndim != 4:
-            raise InvalidImageError(f"expected a float32 B×C×H×W numpy array, got {getattr(x, 'shape', type(x))}")
-        if x.dtype != np.float32:
-            raise InvalidImageError(f"expected float32 input, got {x.dtype}")
+    def run_impl(self, x: np.ndarray) -> np.ndarray:
+        """Denoise a validated float32 B×C×H×W batch inside the engine's profile."""
         return self._engine.infer(x)
 
     def __repr__(self) -> str:

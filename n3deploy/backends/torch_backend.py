@@ -3,10 +3,11 @@
 The reference every other backend is compared with (``n3deploy parity``). Runs under
 ``torch.inference_mode`` on ``device`` (``cpu`` by default, ``cuda[:N]`` when available): in float32,
 in float64 (``precision="fp64"``: how far float32 itself is from exact), or, with
-``precision="fp16"``, under the FP16 precision plan of the FP16 ONNX graph
-(:mod:`n3deploy.precision`: FP16 CNNs, FP32 KNN chain; FP32 input and output) -- the way to see real
-GPU FP16 numerics and speed where TensorRT is not installed. This is the only backend module that
-imports torch.
+``precision="fp16"``/``"bf16"``, under the reduced-precision plan of the FP16 ONNX graph
+(:mod:`n3deploy.precision`: FP16/BF16 convolutions after batch-norm folding, FP32 KNN chain; FP32
+input and output). FP16 is the way to see real GPU FP16 numerics and speed where TensorRT is not
+installed; BF16 is the fast PyTorch path on CPUs with AVX512_BF16 or AMX. This is the only backend
+module that imports torch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ __all__ = ["TorchBackend"]
 
 
 class TorchBackend(Backend):
-    """PyTorch inference of an :class:`~n3deploy.model.N3Net` (FP32, the mixed FP16 plan, or FP64)."""
+    """PyTorch inference of an :class:`~n3deploy.model.N3Net` (FP32, the FP16 or BF16 plan, or FP64)."""
 
     name = "torch"
 
@@ -55,10 +56,9 @@ class TorchBackend(Backend):
     def _setup(self, model: Any, device: Optional[str], precision: str = "fp32") -> None:
         import torch
 
-        from ..precision import PRECISIONS, mixed_fp16
+        from ..precision import PRECISIONS, check_precision, reduced_precision
 
-        if precision not in PRECISIONS:
-            raise BackendUnavailableError(f"unknown precision {precision!r} for the torch backend: use {', '.join(PRECISIONS)}")
+        precision = check_precision(precision, PRECISIONS, "torch backend")
 
         device = (device or "cpu").lower()
         if device == "auto":
@@ -68,8 +68,8 @@ class TorchBackend(Backend):
         self._torch = torch
         self.device = torch.device(device)
         self.model = model.float().to(self.device).eval()
-        if precision == "fp16":
-            self.model = mixed_fp16(self.model)
+        if precision in ("fp16", "bf16"):
+            self.model = reduced_precision(self.model, torch.float16 if precision == "fp16" else torch.bfloat16)
         elif precision == "fp64":
             self.model = self.model.double()
         self._precision = precision
@@ -83,7 +83,7 @@ class TorchBackend(Backend):
 
     @property
     def providers(self) -> list[str]:
-        plan = ", FP16 plan: FP32 KNN" if self._precision == "fp16" else ""
+        plan = f", {self._precision.upper()} plan: FP32 KNN" if self._precision in ("fp16", "bf16") else ""
         return [f"torch {self._torch.__version__} ({self.device}, knn={self.model.knn}{plan})"]
 
     @property
@@ -95,8 +95,7 @@ class TorchBackend(Backend):
     def metadata(self) -> dict[str, Any]:
         return dict(self._metadata)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        x = self.check_input(x)
+    def run_impl(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             xt = torch.from_numpy(x).to(self.device)

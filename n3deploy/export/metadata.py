@@ -9,8 +9,9 @@ decode the whole map with ``json.loads`` per value (the TensorRT backend does ex
 ``sigma``           noise level (0-255 scale) the weights were trained for, or ``null`` (blind)
 ``n3deploy_version`` the exporting n3deploy version
 ``input_spec``      :class:`InputSpec`: input name, batch, channels, fixed or dynamic H/W, limits
-``precision``       ``"fp32"`` or ``"mixed-fp16"`` (FP16 graph, FP32 islands and I/O)
-``fp32_scopes``     for ``mixed-fp16``: the module scopes kept in FP32 (the KNN chain)
+``precision``       ``"fp32"`` or ``"fp16"`` (FP16 graph, FP32 islands and I/O; ``"mixed-fp16"``
+                    in graphs of earlier versions, read as ``"fp16"``)
+``fp32_scopes``     the module scopes the reduced-precision plan keeps in FP32 (the KNN chain)
 ``opset``           the ONNX opset of the default domain
 ``source``          provenance of the weights (the checkpoint's own metadata, when known)
 ==================  ==========================================================================
@@ -28,6 +29,7 @@ from typing import Any, Optional
 import onnx
 
 from ..errors import ModelFileError
+from ..precision import normalize_precision
 
 __all__ = ["ONNX_FORMAT", "INPUT_NAME", "OUTPUT_NAME", "InputSpec", "ExportMetadata", "decode_props", "read_metadata", "write_metadata"]
 
@@ -107,7 +109,7 @@ class ExportMetadata:
                 sigma=None if data.get("sigma") is None else float(data["sigma"]),
                 n3deploy_version=str(data["n3deploy_version"]),
                 input_spec=InputSpec(**data["input_spec"]),
-                precision=str(data.get("precision", "fp32")),
+                precision=normalize_precision(str(data.get("precision", "fp32"))),
                 opset=int(data.get("opset", 18)),
                 fp32_scopes=tuple(data.get("fp32_scopes") or ()),
                 source=dict(data.get("source") or {}),

@@ -456,13 +456,14 @@ def export_onnx(
         _rename_dims(onnx_model, renames)
         done("simplify")
 
-        fp32_scopes: tuple[str, ...] = ()
+        from ..precision import fp32_scopes as plan_fp32_scopes
+
+        # recorded for every graph: the FP16 graph is converted by them, OpenVINO BF16 follows them
+        fp32_scopes: tuple[str, ...] = plan_fp32_scopes(prepared)
         if fp16:
-            from ..precision import fp32_scopes as plan_fp32_scopes
             from .fp16 import convert_to_mixed_fp16
 
             stage("fp16")
-            fp32_scopes = plan_fp32_scopes(prepared)
             onnx_model = _simplify(convert_to_mixed_fp16(onnx_model, fp32_scopes))
             _apply_scopes(onnx_model, {})
             done("fp16")
@@ -476,7 +477,7 @@ def export_onnx(
         )
         meta = ExportMetadata(
             config=cfg.to_dict(), sigma=None if sigma is None else float(sigma), n3deploy_version=__version__,
-            input_spec=spec, precision="mixed-fp16" if fp16 else "fp32", opset=opset,
+            input_spec=spec, precision="fp16" if fp16 else "fp32", opset=opset,
             fp32_scopes=fp32_scopes, source=dict(source or {}),
         )
         write_metadata(onnx_model, meta)
