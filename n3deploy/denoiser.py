@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .config import N3NetConfig
 from .errors import InvalidImageError
 from .tiling import TilePlan, run_tiled
 
@@ -29,7 +30,7 @@ __all__ = ["Denoiser", "DEFAULT_TILE", "DEFAULT_OVERLAP"]
 
 DEFAULT_TILE = 512  # px; ONNX Runtime needs ~3 KB per pixel of tile for the paper preset (BENCHMARKS.md)
 DEFAULT_OVERLAP = 64
-MIN_SIZE = 15  # N3Net needs two patches along each axis
+MIN_SIZE = N3NetConfig().min_size  # N3Net needs two patches along each axis (patch + stride)
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
