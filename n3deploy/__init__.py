@@ -21,6 +21,10 @@ _LAZY = {
     "Denoiser": "n3deploy.denoiser",
     "default_model_path": "n3deploy.assets",
     "shipped_model_path": "n3deploy.assets",
+    "list_models": "n3deploy.models",
+    "load_model": "n3deploy.models",
+    "resolve_model": "n3deploy.models",
+    "estimate_noise": "n3deploy.noise",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["N3NetConfig"]
+__all__ = ["N3NetConfig", "PRESETS", "preset_names"]
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,10 @@ class N3NetConfig:
 
     @classmethod
     def preset(cls, name: str, channels: int = 1) -> "N3NetConfig":
-        """Look up a preset by name (``paper`` or ``tiny``)."""
-        presets = {"paper": cls.paper, "tiny": cls.tiny}
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
-        return presets[name](channels)
+        """Look up a preset by name (a key of :data:`PRESETS`: ``tiny`` or ``paper``)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {preset_names()}")
+        return PRESETS[name](channels)
 
     # ------------------------------------------------------------- properties
     @property
@@ -121,3 +120,13 @@ class N3NetConfig:
     @classmethod
     def from_json(cls, text: str) -> "N3NetConfig":
         return cls.from_dict(json.loads(text))
+
+
+#: The preset registry: name -> ``channels -> N3NetConfig``. Model-registry entries
+#: (:mod:`n3deploy.models`) name their architecture by these keys; ``train --preset`` offers them.
+PRESETS: dict[str, Callable[[int], N3NetConfig]] = {"tiny": N3NetConfig.tiny, "paper": N3NetConfig.paper}
+
+
+def preset_names() -> list[str]:
+    """The preset names, in registry order (``tiny``, ``paper``)."""
+    return list(PRESETS)

@@ -47,7 +47,8 @@ class Denoiser:
     """Denoise images with an N3Net checkpoint, ONNX graph or TensorRT plan.
 
     Args:
-        model_path: ``.safetensors`` checkpoint, ``.onnx`` graph or ``.plan``/``.engine``;
+        model_path: ``.safetensors`` checkpoint, ``.onnx`` graph or ``.plan``/``.engine``; a
+            model-registry name (``"tiny-blind"``, see :func:`n3deploy.list_models`);
             ``None`` uses the model shipped with n3deploy (:func:`n3deploy.default_model_path`);
             an ``http(s)://host:port`` server URL with ``backend="remote"``; or a loaded
             :class:`~n3deploy.backends.base.Backend`.
@@ -61,6 +62,10 @@ class Denoiser:
             ``bf16`` ask for the reduced-precision plan where the backend offers it (e.g.
             ``backend="openvino", precision="bf16"`` on CPUs with AVX512_BF16/AMX), ``fp64`` for torch.
         backend_opts: passed to the backend (e.g. ``threads=2`` for onnxruntime / openvino).
+
+    A model trained for one sigma warns once per ``Denoiser`` (:class:`~n3deploy.errors.NoiseLevelWarning`)
+    when an image's estimated noise (:func:`n3deploy.estimate_noise`) is far from it
+    (``|estimate - sigma| > max(5, 0.35 sigma)``) and names the blind model; blind models never warn.
     """
 
     def __init__(
@@ -86,12 +91,17 @@ class Denoiser:
             self.model_path = model_path.model_path
         else:
             remote = isinstance(model_path, str) and model_path.lower().startswith(("http://", "https://"))
+            if not remote:
+                from .models import resolve_model
+
+                model_path = resolve_model(model_path)  # a registry name ("tiny-blind") -> its file
             self.model_path = model_path if remote else Path(model_path)  # a server URL stays a string
             self._backend = load_backend(self.model_path, backend=backend, device=device, precision=precision, **backend_opts)
         self.metadata: dict[str, Any] = dict(getattr(self._backend, "metadata", {}) or {})
         limits = self._backend.input_shape_limits
         self.channels = int(limits.channels or _config_channels(self.metadata))
         self.sigma = self.metadata.get("sigma")
+        self._noise_warned = self.sigma is None  # blind models: nothing to compare the estimate with
         self._lock = threading.Lock() if self.backend == "tensorrt" else None
         self.plan = self._tile_plan(tile, overlap)
 
@@ -165,6 +175,8 @@ class Denoiser:
             x = image
         else:
             raise InvalidImageError(f"unsupported dtype {dtype}: use uint8, uint16 or float32 in [0, 1]")
+        if not self._noise_warned:
+            self._check_noise_level(image)
         planes = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)  # C x H x W
         n = planes.shape[0]
         if n not in (1, 3, 4):
@@ -189,6 +201,31 @@ class Denoiser:
         if dtype in _SCALES:
             return np.rint(result * _SCALES[dtype]).astype(dtype)
         return result.astype(np.float32, copy=False)
+
+    def _check_noise_level(self, image: np.ndarray) -> None:
+        """Warn (once per Denoiser) when ``image``'s estimated noise is far from the model's sigma."""
+        from .noise import estimate_noise, is_far_from
+
+        try:
+            estimate = estimate_noise(image)
+        except InvalidImageError:  # too small to estimate: nothing to say
+            return
+        if is_far_from(estimate, float(self.sigma)):
+            import warnings
+
+            from .errors import NoiseLevelWarning
+            from .models import list_models
+
+            self._noise_warned = True
+            blind = next((m.name for m in list_models() if m.blind), None)
+            hint = f"; for images of unknown or other noise levels use the blind model Denoiser({blind!r})" if blind else ""
+            warnings.warn(
+                NoiseLevelWarning(
+                    f"this model was trained for sigma={float(self.sigma):g}, but the image's estimated noise is "
+                    f"sigma~{estimate:.1f} (n3deploy.estimate_noise): it will over-smooth or leave noise{hint}"
+                ),
+                stacklevel=4,
+            )
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         def run(x: np.ndarray) -> np.ndarray:

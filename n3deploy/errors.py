@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["N3DeployError", "InvalidImageError", "ModelFileError", "EngineMismatchError", "BackendUnavailableError"]
+__all__ = ["N3DeployError", "InvalidImageError", "ModelFileError", "EngineMismatchError", "BackendUnavailableError", "NoiseLevelWarning"]
 
 
 class N3DeployError(Exception):
@@ -23,3 +23,7 @@ class EngineMismatchError(N3DeployError, RuntimeError):
 
 class BackendUnavailableError(N3DeployError, RuntimeError):
     """A requested backend (or provider) that cannot run on this machine."""
+
+
+class NoiseLevelWarning(UserWarning):
+    """An image whose estimated noise level is far from the sigma a sigma-specific model was trained for."""

@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import InvalidImageError
 
-__all__ = ["estimate_noise", "estimate_noise_channels", "PATCH", "MAX_PATCHES"]
+__all__ = ["estimate_noise", "estimate_noise_channels", "is_far_from", "PATCH", "MAX_PATCHES"]
 
 PATCH = 7  #: patch side in px
 MAX_PATCHES = 40_000  #: patches per channel above which patch origins are subsampled
@@ -65,6 +65,15 @@ def estimate_noise(image: np.ndarray) -> float:
         InvalidImageError: wrong shape/dtype, too small, or NaN/Inf values.
     """
     return float(np.mean(estimate_noise_channels(image)))
+
+
+def is_far_from(estimate: float, sigma: float) -> bool:
+    """True when an estimate is far from a model's σ: ``|estimate - σ| > max(5, 0.35 σ)``.
+
+    The band is wide on purpose: it flags images a σ-specific model is the wrong tool for (σ=25:
+    outside 16–34), not the estimator's own error (~1 on photos).
+    """
+    return abs(estimate - sigma) > max(5.0, 0.35 * sigma)
 
 
 def estimate_noise_channels(image: np.ndarray) -> tuple[float, ...]:

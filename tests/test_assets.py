@@ -11,8 +11,7 @@ from n3deploy.backends import load_backend
 from n3deploy.checkpoint import read_checkpoint_header
 from n3deploy.errors import ModelFileError
 from n3deploy.evaluate import add_noise, image_rng, psnr
-
-PRESETS = {"tiny-sigma25": N3NetConfig.tiny(), "paper-sigma25": N3NetConfig.paper()}
+from n3deploy.models import get_model
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +23,13 @@ def noisy_photo() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
-def test_shipped_model_is_its_preset_at_sigma_25_and_denoises(name, noisy_photo):
+def test_shipped_model_is_its_registry_entry_and_denoises(name, noisy_photo):
+    entry = get_model(name)
     path = shipped_model_path(name)
     config, meta = read_checkpoint_header(path)
-    assert config == PRESETS[name] and meta["sigma"] == 25.0 and meta["val_psnr"] > 27.5
+    assert config == N3NetConfig.preset(entry.preset, entry.channels) and meta["sigma"] == entry.sigma
+    assert meta.get("sigma_range") == (list(entry.sigma_range) if entry.blind else None)
+    assert meta["val_psnr"] > 27.5  # validation at sigma=25 for every shipped model
     clean, noisy = noisy_photo
     fp32 = load_backend(path, "torch")
     out = fp32.run(noisy[None])[0]
@@ -37,8 +39,8 @@ def test_shipped_model_is_its_preset_at_sigma_25_and_denoises(name, noisy_photo)
     assert abs(psnr(clean, fp16) - psnr(clean, out)) <= 0.02
 
 
-def test_default_model_is_the_tiny_one():
-    assert DEFAULT_MODEL == "tiny-sigma25" and default_model_path() == shipped_model_path("tiny-sigma25")
+def test_default_model_is_a_shipped_tiny_one():
+    assert get_model(DEFAULT_MODEL).preset == "tiny" and default_model_path() == shipped_model_path(DEFAULT_MODEL)
 
 
 def test_unknown_shipped_model_names_the_shipped_ones():

@@ -1,32 +1,34 @@
-"""Models shipped inside the package (model cards: ``docs/model_card.md``).
+"""Models shipped inside the package: a view of the model registry (:mod:`n3deploy.models`).
 
-* ``tiny-sigma25`` (the default): ``N3NetConfig.tiny()`` trained on BSD400 at sigma=25 on a 2-core
-  CPU; what ``n3deploy demo`` and :class:`n3deploy.Denoiser` load when no model is given.
+The entries, their model-card figures and the default model's name are in ``models.json`` next to
+the files (model cards: ``docs/model_card.md``); ``n3deploy models`` lists them.
+
+* ``tiny-sigma25``: ``N3NetConfig.tiny()`` trained on BSD400 at sigma=25 on a 2-core CPU.
 * ``paper-sigma25``: ``N3NetConfig.paper()`` (the authors' hyper-parameters) trained on BSD400 at
   sigma=25 on one H100 GPU; ~10x the compute per pixel for +0.05 dB on Set12 -- for GPUs.
+* ``tiny-blind``: ``N3NetConfig.tiny()`` trained with sigma drawn from [0, 55] per crop, for
+  images whose noise level is unknown.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 from ..errors import ModelFileError
+from ..models import default_model_name, get_model, list_models
 
 __all__ = ["SHIPPED_MODELS", "DEFAULT_MODEL", "DEFAULT_MODEL_NAME", "default_model_path", "shipped_model_path"]
 
-#: Shipped model name -> file inside this package.
-SHIPPED_MODELS = {
-    "tiny-sigma25": "n3net_tiny_sigma25.safetensors",
-    "paper-sigma25": "n3net_paper_sigma25.safetensors",
-}
-DEFAULT_MODEL = "tiny-sigma25"
-#: File name of the embedded default model inside this package.
+#: Shipped model name -> file inside this package (the registry's shipped entries).
+SHIPPED_MODELS = {entry.name: entry.file for entry in list_models(shipped_only=True)}
+#: Name of the model used when none is given.
+DEFAULT_MODEL = default_model_name()
+#: File name of the default model inside this package.
 DEFAULT_MODEL_NAME = SHIPPED_MODELS[DEFAULT_MODEL]
 
 
 def default_model_path() -> Path:
-    """Path of the shipped default model (an n3deploy ``.safetensors`` checkpoint, sigma=25)."""
+    """Path of the shipped default model (an n3deploy ``.safetensors`` checkpoint)."""
     return shipped_model_path(DEFAULT_MODEL)
 
 
@@ -39,12 +41,4 @@ def shipped_model_path(name: str) -> Path:
     """
     if name not in SHIPPED_MODELS:
         raise ModelFileError(f"no shipped model {name!r}; shipped: {', '.join(SHIPPED_MODELS)}")
-    filename = SHIPPED_MODELS[name]
-    resource = importlib.resources.files(__package__).joinpath(filename)
-    path = Path(str(resource))
-    if not resource.is_file() or not path.is_file():
-        raise ModelFileError(
-            f"the shipped model {filename} is missing from {path.parent}; reinstall n3deploy, "
-            "or pass a model explicitly (train one with `n3deploy train`, see docs/training.md)"
-        )
-    return path
+    return get_model(name).resolve()

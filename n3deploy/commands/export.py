@@ -29,7 +29,9 @@ examples:
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """The export options (shared by ``n3deploy export`` and ``export/to_onnx.py``)."""
-    p.add_argument("--checkpoint", type=Path, required=True, help="n3deploy .safetensors checkpoint")
+    from ..models import model_arg
+
+    p.add_argument("--checkpoint", type=model_arg, required=True, help="n3deploy .safetensors checkpoint or registry name (tiny-blind)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx path")
     p.add_argument("--height", type=int, default=None, help="fixed input height (default: dynamic)")
     p.add_argument("--width", type=int, default=None, help="fixed input width (default: dynamic)")

@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val", type=Path, default=None, help="folder of clean validation images")
     val.add_argument("--val-split", type=int, default=0, metavar="N", help="hold out the last N training images for validation")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"], help="model size (default: tiny)")
+    from ..config import preset_names
+
+    p.add_argument("--preset", default="tiny", choices=preset_names(), help="model size (default: tiny)")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB (default: 1)")
     p.add_argument("--sigma", type=float, default=25.0, help="noise level, 0-255 scale (default: 25); also the validation level")
     p.add_argument("--sigma-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="blind model: sigma uniform in [LOW, HIGH] per patch")
