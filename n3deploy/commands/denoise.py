@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (created if missing)")
-    p.add_argument("--model", type=Path, default=None, help="model file (default: the model shipped with n3deploy)")
+    from ..models import model_arg
+
+    p.add_argument("--model", type=model_arg, default=None,
+                   help="model file or registry name (`n3deploy models`; default: the model shipped with n3deploy)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     p.add_argument("--tile", type=int, default=None, help="tile side in px for large images (default 512)")
     p.add_argument("--overlap", type=int, default=None, help="overlap between tiles in px (default 64)")

@@ -30,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", type=Path, default=None, help="model file (.safetensors, .onnx, .plan); default: the shipped model")
+    from ..models import model_arg
+
+    p.add_argument("--model", type=model_arg, default=None,
+                   help="model file (.safetensors, .onnx, .plan) or registry name (`n3deploy models`); default: the shipped model")
     p.add_argument("--images", type=Path, required=True, help="folder of clean test images")
     p.add_argument("--sigma", type=float, default=None, help="noise level, 0-255 scale (default: the model's sigma)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")

@@ -30,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", type=Path, required=True, help="the .safetensors checkpoint (reference, PyTorch FP32)")
+    from ..models import model_arg
+
+    p.add_argument("--checkpoint", type=model_arg, required=True,
+                   help="the .safetensors checkpoint or registry name (reference, PyTorch FP32)")
     p.add_argument("--onnx", type=Path, default=None, help="FP32 ONNX graph")
     p.add_argument("--onnx-fp16", type=Path, default=None, help="mixed-precision FP16 ONNX graph")
     p.add_argument("--engine", type=Path, default=None, help="TensorRT plan (.plan/.engine); needs TensorRT and a GPU")
