@@ -56,19 +56,49 @@ def _photo(size: int) -> np.ndarray:
     return img[top : top + size, left : left + size]
 
 
-def _side_by_side(path: Path, panels: list[np.ndarray]) -> None:
-    from PIL import Image
+CAPTION_PX = 22  # height of the caption strip above each panel
+
+
+def side_by_side(panels: list[np.ndarray], captions: list[str] | None = None) -> np.ndarray:
+    """Panels (each H×W float in [0, 1]) next to each other with an 8 px gap -> H'×W' uint8.
+
+    With ``captions`` (one per panel) a white strip of :data:`CAPTION_PX` rows above the panels
+    carries each panel's caption (e.g. ``"noisy 20.2 dB"``), drawn with Pillow's ImageDraw.
+    """
+    from PIL import Image, ImageDraw
 
     gap = np.ones((panels[0].shape[0], 8), dtype=np.float32)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+    pixels = np.rint(np.clip(row, 0, 1) * 255).astype(np.uint8)
+    if captions is None:
+        return pixels
+    if len(captions) != len(panels):
+        raise ValueError(f"{len(captions)} captions for {len(panels)} panels")
+    image = Image.new("L", (pixels.shape[1], pixels.shape[0] + CAPTION_PX), color=255)
+    image.paste(Image.fromarray(pixels), (0, CAPTION_PX))
+    draw = ImageDraw.Draw(image)
+    left = 0
+    for panel, caption in zip(panels, captions):
+        draw.text((left + 4, 4), caption, fill=0)
+        left += panel.shape[1] + gap.shape[1]
+    return np.asarray(image)
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    from PIL import Image
+
     with atomic_path(path) as tmp:
-        Image.fromarray(np.rint(np.clip(row, 0, 1) * 255).astype(np.uint8)).save(tmp, format="PNG")
+        Image.fromarray(pixels).save(tmp, format="PNG")
 
 
-def run_demo(outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, console=None) -> DemoReport:
+def run_demo(
+    outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, console=None, model_path: Path | None = None
+) -> DemoReport:
     """Run the demo, writing ``demo.onnx``, ``demo_fp16.onnx``, ``side_by_side.png`` and
-    ``report.json`` into ``outdir``; returns the report."""
+    ``report.json`` into ``outdir``; returns the report. ``model_path``: an n3deploy checkpoint
+    instead of the shipped default model."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .assets import default_model_path
@@ -80,14 +110,14 @@ def run_demo(outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, 
     # outside a terminal (CI logs, pipes) rich assumes 80 columns and truncates the table
     console = console or (Console() if sys.stdout.isatty() else Console(width=140))
     outdir.mkdir(parents=True, exist_ok=True)
-    ckpt = default_model_path()
+    ckpt = Path(model_path) if model_path is not None else default_model_path()
     model = load_checkpoint(ckpt)
     sigma = float(model.metadata["sigma"])
     clean = _photo(size)
     noisy = np.clip(add_noise(clean, sigma, image_rng(seed, 0)), 0.0, 1.0).astype(np.float32)
     report = DemoReport(sigma=sigma, image="skimage.data.camera (centre crop)", shape=clean.shape,
                         noisy_psnr_db=psnr(clean, noisy))
-    console.print(f"[bold]n3deploy demo[/]: model {ckpt.name} (sigma {sigma:g}), photo {clean.shape[1]}x{clean.shape[0]}")
+    console.print(f"[bold]n3deploy demo[/]: model {escape(ckpt.name)} (sigma {sigma:g}), photo {clean.shape[1]}x{clean.shape[0]}")
 
     onnx32, onnx16 = outdir / "demo.onnx", outdir / "demo_fp16.onnx"
     with console.status("exporting ONNX FP32 and mixed FP16 ..."):
@@ -129,10 +159,12 @@ def run_demo(outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, 
 
     best = outputs.get("onnxruntime fp32", next(iter(outputs.values())))
     png = outdir / "side_by_side.png"
-    _side_by_side(png, [noisy, best, clean])
+    best_label = "onnxruntime fp32" if "onnxruntime fp32" in outputs else next(iter(outputs))
+    captions = [f"noisy {report.noisy_psnr_db:.2f} dB", f"denoised ({best_label}) {psnr(clean, best):.2f} dB", "clean"]
+    _write_png(png, side_by_side([noisy, best, clean], captions))
     report.files["side_by_side"] = str(png)
 
-    table = Table(title=f"camera {clean.shape[1]}x{clean.shape[0]}, sigma {sigma:g}: noisy {report.noisy_psnr_db:.2f} dB")
+    table = Table(title=escape(f"camera {clean.shape[1]}x{clean.shape[0]}, sigma {sigma:g}: noisy {report.noisy_psnr_db:.2f} dB"))
     for col in ("backend", "PSNR dB", "ΔPSNR dB", "max |Δ| vs torch", "NaN/Inf", "time (s)", "status"):
         table.add_column(col, justify="left" if col in ("backend", "status") else "right", no_wrap=True)
     notes = []
@@ -142,14 +174,14 @@ def run_demo(outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, 
         if status != "ok":
             notes.append(f"{r.backend}: {status}")
             status = f"unavailable [{len(notes)}]"
-        table.add_row(r.backend, fmt(r.psnr_db, ".2f"), fmt(r.delta_psnr_db, "+.4f"), fmt(r.max_abs_err, ".2e"),
-                      fmt(r.nan_inf, "d"), fmt(r.seconds, ".3f"), status)
+        table.add_row(escape(r.backend), fmt(r.psnr_db, ".2f"), fmt(r.delta_psnr_db, "+.4f"), fmt(r.max_abs_err, ".2e"),
+                      fmt(r.nan_inf, "d"), fmt(r.seconds, ".3f"), escape(status))
     console.print(table)
     for i, note in enumerate(notes, 1):
-        console.print(f"[{i}] {note}", soft_wrap=True)
+        console.print(escape(f"[{i}] {note}"), soft_wrap=True)
     json_path = outdir / "report.json"
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(asdict(report), indent=2))
     report.files["report"] = str(json_path)
-    console.print(f"wrote {png} (noisy | denoised | clean) and {json_path}")
+    console.print(escape(f"wrote {png} (noisy | denoised | clean, captioned with PSNR) and {json_path}"))
     return report
