@@ -130,14 +130,14 @@ def small_checkpoint(tmp_path_factory) -> Path:
 
 def test_cli_eval_matches_library(image_dir, small_checkpoint, tmp_path):
     from n3deploy.cli import main
-    from n3deploy.commands.evaluate import open_backend
+    from n3deploy.backends import load_backend
 
     out = tmp_path / "eval.json"
     rc = main(["eval", "--model", str(small_checkpoint), "--images", str(image_dir), "--json", str(out), "--quiet"])
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["sigma"] == 25 and data["seed"] == 0  # sigma from the checkpoint's metadata
-    backend = open_backend(small_checkpoint, "torch")
+    backend = load_backend(small_checkpoint, "torch")
     expected = evaluate_images(backend.run, image_dir, 25, seed=0)
     assert data["mean_psnr"] == pytest.approx(expected.mean_psnr, abs=1e-6)
     assert [im["name"] for im in data["images"]] == ["img0.png", "img1.png", "img2.png"]

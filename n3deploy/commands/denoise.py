@@ -26,7 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p.add_argument("--model", type=model_arg, default=None,
                    help="model file or registry name (`n3deploy models`; default: the model shipped with n3deploy)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    from ..backends import BACKENDS
+    from ..precision import PRECISIONS
+
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="inference backend (default: from the file type)")
+    p.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="fp16/bf16: the reduced-precision plan where the backend offers it, e.g. --backend openvino "
+                        "--precision bf16 on CPUs with AVX512_BF16 (default: FP32, or the graph's own)")
     p.add_argument("--tile", type=int, default=None, help="tile side in px for large images (default 512)")
     p.add_argument("--overlap", type=int, default=None, help="overlap between tiles in px (default 64)")
     p.add_argument("--suffix", default="", help="appended to output file names before the extension")
@@ -50,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidImageError(f"{item}: no such file or folder")
     if not files:
         raise InvalidImageError("no images found in the inputs")
-    denoiser = Denoiser(args.model, backend=args.backend, tile=args.tile, overlap=args.overlap)
+    denoiser = Denoiser(args.model, backend=args.backend, tile=args.tile, overlap=args.overlap, precision=args.precision)
     args.outdir.mkdir(parents=True, exist_ok=True)
     for path in tqdm(files, desc=f"denoise [{denoiser.backend}]", unit="img"):
         out = denoiser.denoise(read_image(path))

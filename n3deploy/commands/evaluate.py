@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+
+from ..backends import BACKENDS, Backend
+from ..precision import PRECISIONS
 
 PROTOCOL = """\
 noise protocol (fixed, so numbers are comparable between models, backends and machines):
@@ -16,6 +18,7 @@ noise protocol (fixed, so numbers are comparable between models, backends and ma
 examples:
   n3deploy eval --model runs/tiny25/best.safetensors --images data/set12 --sigma 25
   n3deploy eval --model n3net.onnx --backend onnxruntime --images data/set12 --sigma 25 --json set12.json
+  n3deploy eval --model n3net.onnx --backend openvino --precision bf16 --images data/set12
 """
 
 
@@ -38,9 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, default=None, help="noise level, 0-255 scale (default: the model's sigma)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument(
-        "--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        "--backend", default="auto", choices=["auto", *BACKENDS],
         help="inference backend (default: auto, from the file type)",
     )
+    p.add_argument(
+        "--precision", default=None, choices=list(PRECISIONS),
+        help="fp32, or the reduced-precision plan in fp16/bf16 where the backend offers it, fp64 (torch); "
+             "default: FP32, or the precision the graph/engine was built in",
+    )
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (onnxruntime, openvino; default: physical cores)")
     p.add_argument("--device", default=None, help="device for the backend, e.g. cpu or cuda (default: backend's choice)")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="read images as 1 or 3 channels (default: the model's)")
     p.add_argument("--json", type=Path, default=None, help="also write the full report as JSON here")
@@ -48,65 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class _TorchBackend:
-    """Minimal torch backend for n3deploy checkpoints (used when :mod:`n3deploy.backends` is absent)."""
-
-    name = "torch"
-
-    def __init__(self, path: Path, device: str | None) -> None:
-        import torch
-
-        from ..checkpoint import load_checkpoint
-
-        self._torch = torch
-        self.device = torch.device(device or "cpu")
-        self.model = load_checkpoint(path).to(self.device)
-        self.metadata: dict[str, Any] = dict(getattr(self.model, "metadata", {}))
-        self.channels = self.model.config.in_channels
-
-    def run(self, x):
-        torch = self._torch
-        with torch.no_grad():
-            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
-
-
-def open_backend(model: Path, backend: str = "auto", device: str | None = None):
-    """A backend with ``.run(x: B x C x H x W float32) -> ndarray``, ``.name``, ``.metadata``.
-
-    Uses :func:`n3deploy.backends.load_backend` when available; ``.safetensors`` checkpoints
-    always work through the built-in torch path.
-    """
-    try:
-        from ..backends import load_backend
-    except ImportError:
-        load_backend = None
-    if load_backend is not None:
-        return load_backend(model, backend=backend, device=device)
-    if backend not in ("auto", "torch") or model.suffix != ".safetensors":
-        from ..errors import BackendUnavailableError
-
-        raise BackendUnavailableError(
-            f"backend {backend!r} for {model.name} needs n3deploy.backends, which is not installed here; "
-            "use a .safetensors checkpoint with --backend torch"
-        )
-    return _TorchBackend(model, device)
-
-
-def _model_channels(backend) -> int | None:
-    limits = getattr(backend, "input_shape_limits", None)
-    if isinstance(getattr(limits, "channels", None), int):
-        return limits.channels
-    for attr in ("channels", "in_channels"):
-        if isinstance(getattr(backend, attr, None), int):
-            return getattr(backend, attr)
-    meta = getattr(backend, "metadata", {}) or {}
-    cfg = meta.get("config")
-    if isinstance(cfg, dict) and "in_channels" in cfg:
-        return int(cfg["in_channels"])
-    return None
+def _model_channels(backend: Backend) -> int:
+    return backend.input_shape_limits.channels
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backends import load_backend
     from ..errors import N3DeployError
     from ..evaluate import evaluate_images
 
@@ -117,14 +73,15 @@ def run(args: argparse.Namespace) -> int:
         model = default_model_path()
     if not model.exists():
         raise N3DeployError(f"{model}: no such model file")
-    backend = open_backend(model, args.backend, args.device)
-    meta = dict(getattr(backend, "metadata", {}) or {})
+    opts = {"threads": args.threads} if args.threads else {}
+    backend = load_backend(model, args.backend, device=args.device, precision=args.precision, **opts)
+    meta = backend.metadata
     sigma = args.sigma if args.sigma is not None else meta.get("sigma")
     if sigma is None:
         raise N3DeployError(f"{model.name} records no noise level (blind model?): pass --sigma")
-    channels = args.channels or _model_channels(backend) or 1
+    channels = args.channels or _model_channels(backend)
     report = evaluate_images(backend.run, args.images, float(sigma), seed=args.seed, channels=channels, progress=not args.quiet)
-    report.info.update(model=str(model), backend=getattr(backend, "name", "?"), model_sigma=meta.get("sigma"))
+    report.info.update(model=str(model), backend=backend.name, precision=backend.precision, model_sigma=meta.get("sigma"))
     if args.sigma is not None and meta.get("sigma") not in (None, args.sigma):
         print(f"note: {model.name} was trained for sigma={meta['sigma']:g}, evaluating at sigma={args.sigma:g}")
     if not args.quiet:
@@ -134,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r.name:<{width}}  {r.psnr:7.2f}  {r.ssim:6.4f}  {r.psnr_noisy:7.2f}")
     print(
         f"mean over {len(report.images)} images, sigma={report.sigma:g}, seed={report.seed}, "
-        f"backend={report.info['backend']}: PSNR {report.mean_psnr:.2f} dB, SSIM {report.mean_ssim:.4f}"
+        f"backend={report.info['backend']} ({report.info['precision']}): PSNR {report.mean_psnr:.2f} dB, SSIM {report.mean_ssim:.4f}"
     )
     if args.json:
         report.write_json(args.json)

@@ -5,21 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..backends import BACKENDS
+from ..precision import PRECISIONS
+
 DESCRIPTION = """\
 Check that exported models compute what the PyTorch model computes. The images of --images get
 Gaussian noise of --sigma (the evaluation protocol: image i uses default_rng([seed, i]), noisy not
 clipped) and go through PyTorch FP32 (the reference), ONNX Runtime FP32 (--onnx), ONNX Runtime on
-the mixed FP16 graph (--onnx-fp16) and TensorRT (--engine, GPU machines) via polygraphy's runners
-and Comparator. The table shows, per backend: max/mean abs error vs the reference, PSNR against
+the mixed FP16 graph (--onnx-fp16), TensorRT (--engine, GPU machines) and any registered backend
+(--backend NAME, with --precision: e.g. OpenVINO's BF16 plan) via polygraphy's runners and
+Comparator. The table shows, per backend: max/mean abs error vs the reference, PSNR against
 the clean images (outputs clipped to [0, 1]), ΔPSNR vs the reference and the NaN/Inf count.
 
-Exits with 1 when a tolerance is exceeded: FP32 max abs error > --fp32-atol (1e-4), FP16 |ΔPSNR|
-> --fp16-dpsnr (0.02 dB) or any NaN/Inf. Fixed-size graphs get center crops of the images.
+Exits with 1 when a tolerance is exceeded: FP32 max abs error > --fp32-atol (1e-4), FP16/BF16
+|ΔPSNR| > --fp16-dpsnr (0.02 dB) or any NaN/Inf. Fixed-size graphs get center crops of the images.
 
 examples:
   n3deploy parity --checkpoint n3net_sigma25.safetensors --onnx model.onnx --images set12/ --sigma 25
   n3deploy parity --checkpoint M.safetensors --onnx model.onnx --onnx-fp16 model_fp16.onnx \\
       --engine model_fp16.plan --images set12/ --json parity.json
+  n3deploy parity --checkpoint M.safetensors --onnx model.onnx --backend openvino --precision bf16 --images set12/
 """
 
 
@@ -43,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--float64", action="store_true",
                    help="also run the checkpoint in float64 (PyTorch): shows how far float32 itself is from exact on "
                         "these images, the yardstick for FP32 differences of sharply selecting (low-temperature) models")
+    p.add_argument("--backend", action="append", default=[], choices=list(BACKENDS),
+                   help="also run --onnx (the checkpoint, for torch) through this backend at --precision; repeatable")
+    p.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="precision of the --backend rows (default: FP32, or what the graph was built in)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the --backend rows (onnxruntime, openvino)")
     p.add_argument("--images", type=Path, required=True, help="folder of clean test images")
     p.add_argument("--sigma", type=float, default=None, help="noise level, 0-255 scale (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
@@ -55,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backends import load_backend
+    from ..backends import get_backend, load_backend
     from ..errors import N3DeployError
     from ..parity import Tolerances, load_cases, onnxrt_runner, run_parity
 
@@ -73,8 +83,15 @@ def run(args: argparse.Namespace) -> int:
         others.append(("torch-fp16", load_backend(args.checkpoint, "torch", device=args.device, precision="fp16")))
     if args.float64:
         others.append(("torch-fp64", load_backend(args.checkpoint, "torch", device=args.device, precision="fp64")))
+    for name in args.backend:
+        model = args.checkpoint if get_backend(name).accepts(args.checkpoint) else args.onnx
+        if model is None:
+            raise N3DeployError(f"--backend {name} runs the --onnx graph: pass --onnx")
+        opts = {"threads": args.threads} if args.threads else {}
+        backend = load_backend(model, name, device=args.device, precision=args.precision, **opts)
+        others.append((f"{name}-{backend.precision}", backend))
     if not others:
-        raise N3DeployError("nothing to compare: pass --onnx, --onnx-fp16, --engine, --torch-fp16 and/or --float64")
+        raise N3DeployError("nothing to compare: pass --onnx, --onnx-fp16, --engine, --backend, --torch-fp16 and/or --float64")
     cases = load_cases(args.images, float(sigma), reference.input_shape_limits.channels, args.seed, args.limit)
     report = run_parity(
         reference, others, cases, sigma=float(sigma), seed=args.seed,
