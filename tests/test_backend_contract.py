@@ -75,8 +75,8 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     reason = get_backend(name).probe()
     if reason is not None:
         pytest.skip(f"{name} cannot run here: {reason}")
-    if name not in MODEL_FACTORIES:
-        pytest.fail(f"backend {name!r} has no test model: add it to MODEL_FACTORIES in {__name__}")
+    if name not in MODEL_FACTORIES:  # test_every_registered_backend_has_a_test_model fails for it
+        pytest.skip(f"backend {name!r} has no test model: add it to MODEL_FACTORIES in {__name__}")
     if (name, precision) not in _OPENED:
         model, opts = MODEL_FACTORIES[name].make(request)
         _OPENED[(name, precision)] = load_backend(model, name, precision=precision, **opts)
