@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..serving.settings import DEFAULT_MAX_PIXELS
 
@@ -61,5 +62,21 @@ def run(args: argparse.Namespace) -> int:
             address=args.address, max_pixels=args.max_pixels, threads=args.threads, tile=args.tile, overlap=args.overlap,
         )
     except ValueError as exc:
-        raise BackendUnavailableError(str(exc)) from None
+        print(f"n3deploy serve: error: {exc}", file=sys.stderr)
+        return 2
+    if args.model is not None and not args.model.lower().startswith(("http://", "https://")):
+        from pathlib import Path
+
+        from ..errors import ModelFileError
+
+        known = Path(args.model).exists()
+        if not known:
+            try:
+                from ..models import resolve_model
+
+                known = resolve_model(args.model).exists()
+            except ImportError:
+                pass
+        if not known:
+            raise ModelFileError(f"{args.model}: no such model file")
     return serve_until_signalled(settings)
