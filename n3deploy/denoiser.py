@@ -18,13 +18,16 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .config import N3NetConfig
 from .errors import InvalidImageError
 from .tiling import TilePlan, run_tiled
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
 
 __all__ = ["Denoiser", "DEFAULT_TILE", "DEFAULT_OVERLAP"]
 
@@ -70,7 +73,7 @@ class Denoiser:
 
     def __init__(
         self,
-        model_path: str | os.PathLike | None = None,
+        model_path: "str | os.PathLike | Backend | None" = None,
         backend: str = "auto",
         tile: int | None = None,
         overlap: int | None = None,

@@ -117,11 +117,11 @@ class RemoteBackend(Backend):
         params = {k: (v.get("string_value") if isinstance(v, dict) else v) for k, v in (config.get("parameters") or {}).items()}
         metadata: dict[str, Any] = {"server": self.url, "model_name": self.model_name, "platform": meta.get("platform")}
         if params.get("n3deploy_config"):
-            metadata["config"] = json.loads(params["n3deploy_config"])
+            metadata["config"] = json.loads(str(params["n3deploy_config"]))
         else:
             metadata["config"] = {"in_channels": c}
         if params.get("n3deploy_sigma"):
-            metadata["sigma"] = float(params["n3deploy_sigma"])
+            metadata["sigma"] = float(str(params["n3deploy_sigma"]))
         metadata["precision"] = params.get("n3deploy_precision") or self._requested_precision
         return limits, max_batch, metadata
 

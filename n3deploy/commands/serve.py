@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=None, help="model file or registry name (default: the shipped default model)")
     p.add_argument("--backend", default="auto", help="inference backend in each replica (default: auto, from the model file)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "fp64"], help="precision (default fp32)")
+    p.add_argument(
+        "--precision", default=None, choices=["fp32", "fp16", "bf16", "fp64"],
+        help="precision (default: the model's own: FP32, or the precision a graph was exported in)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas, each with cores/replicas threads (default 1)")

@@ -68,8 +68,8 @@ class N3NetDeployment:
         self.inner = load_served_backend(settings.model, settings.backend, settings.precision, settings.replica_threads)
         self.channels = int(self.inner.input_shape_limits.channels)
         if settings.batching:
-            self._tile_batch.set_max_batch_size(settings.max_batch)
-            self._tile_batch.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)
+            self._tile_batch.set_max_batch_size(settings.max_batch)  # type: ignore[attr-defined]
+            self._tile_batch.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000.0)  # type: ignore[attr-defined]
             submit: Callable[[np.ndarray], np.ndarray] = self._submit_batched
         else:
             submit = SerialRunner(self.inner)
@@ -230,7 +230,7 @@ class N3NetDeployment:
 def build_app(settings: ServeSettings) -> Any:
     """The bound Ray Serve application for ``settings`` (pass it to ``serve.run``)."""
     threads = settings.replica_threads
-    return N3NetDeployment.options(
+    return N3NetDeployment.options(  # type: ignore[attr-defined]
         num_replicas=settings.replicas,
         max_ongoing_requests=max(16, 2 * settings.max_batch),
         ray_actor_options={"num_cpus": threads},

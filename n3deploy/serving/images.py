@@ -70,9 +70,8 @@ def decode_image(body: bytes, max_pixels: int) -> DecodedImage:
             elif im.mode == "I":
                 pixels = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
             else:
-                if im.mode not in ("L", "RGB", "RGBA"):
-                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-                pixels = np.asarray(im).copy()
+                rgb = im if im.mode in ("L", "RGB", "RGBA") else im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                pixels = np.asarray(rgb).copy()
     except ProtocolError:
         raise
     except Image.DecompressionBombError as exc:

@@ -103,9 +103,12 @@ class ServedModel(Backend):
         return run_tiled(self.tiles.run, x, self.plan)
 
 
-def load_served_backend(model: Optional[str], backend: str, precision: str, threads: int) -> Backend:
-    """Open ``model`` (``None``: the shipped default) with ``threads`` inference threads."""
+def load_served_backend(model: Optional[str], backend: str, precision: Optional[str], threads: int) -> Backend:
+    """Open ``model`` (``None``: the shipped default) with ``threads`` inference threads.
+
+    ``precision`` ``None``: the model's own (FP32, or the precision a graph was exported in)."""
     from ..backends import load_backend
+    from ..backends.registry import backend_for_path
 
     if model is None:
         from ..assets import default_model_path
@@ -117,14 +120,15 @@ def load_served_backend(model: Optional[str], backend: str, precision: str, thre
         model = str(resolve_model(model))
     except ImportError:
         pass
-    opts: dict[str, Any] = {"precision": precision}
-    try:
-        return load_backend(model, backend, threads=threads, **opts)
-    except TypeError:  # a backend without a ``threads`` option (PyTorch): set its global pool
+    name = backend_for_path(model) if backend == "auto" else backend
+    opts: dict[str, Any] = {}
+    if name in ("onnxruntime", "openvino"):
+        opts["threads"] = threads
+    elif name == "torch":  # PyTorch has one intra-op pool per process (the replica's)
         import torch
 
         torch.set_num_threads(threads)
-        return load_backend(model, backend, **opts)
+    return load_backend(model, name, precision=precision, **opts)
 
 
 class SerialRunner:

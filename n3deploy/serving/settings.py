@@ -16,7 +16,8 @@ class ServeSettings:
     """Settings of one served model.
 
     ``model``: a model file or registry name (``None``: the shipped default model);
-    ``backend``/``precision``: as for :func:`n3deploy.backends.load_backend`;
+    ``backend``/``precision``: as for :func:`n3deploy.backends.load_backend` (precision ``None``:
+    the model's own);
     ``replicas``: Ray Serve replicas, each running ``threads`` inference threads (default: the
     machine's cores divided among the replicas); ``max_batch``/``batch_wait_ms``: dynamic batching
     of same-size tiles across concurrent requests (``max_batch`` 1 turns it off);
@@ -26,7 +27,7 @@ class ServeSettings:
 
     model: Optional[str] = None
     backend: str = "auto"
-    precision: str = "fp32"
+    precision: Optional[str] = None
     host: str = "127.0.0.1"
     port: int = 8000
     replicas: int = 1

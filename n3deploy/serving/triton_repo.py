@@ -277,13 +277,13 @@ def check_config(config: Any, io: ModelIO, *, platform: str, where: str = "confi
                 problems.append(f"{kind} {spec.name!r}: dims {list(t.dims)}, the model needs {want}")
     for warm in config.model_warmup:
         for name, inp in warm.inputs.items():
-            spec = next((s for s in io.inputs if s.name == name), None)
-            if spec is None:
+            fed = next((s for s in io.inputs if s.name == name), None)
+            if fed is None:
                 problems.append(f"warm-up {warm.name!r} feeds unknown input {name!r}")
                 continue
-            want = spec.dims[1:] if batching else spec.dims
-            if len(inp.dims) != len(want) or any(d < 1 or (w != -1 and d != w) for d, w in zip(inp.dims, want)):
-                problems.append(f"warm-up {warm.name!r}: dims {list(inp.dims)} do not fit {list(want)}")
+            fit = fed.dims[1:] if batching else fed.dims
+            if len(inp.dims) != len(fit) or any(d < 1 or (w != -1 and d != w) for d, w in zip(inp.dims, fit)):
+                problems.append(f"warm-up {warm.name!r}: dims {list(inp.dims)} do not fit {list(fit)}")
     if problems:
         raise TritonRepoError(f"{where}: " + "; ".join(problems))
 
