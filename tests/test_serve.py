@@ -203,3 +203,53 @@ def test_sigint_stops_the_server_within_30_s(server):
     assert seconds is not None and seconds <= STOP_TIMEOUT_S, server.log_tail()
     assert server.proc.returncode == 0, server.log_tail()
     assert "stopped" in server.log_tail()
+
+
+# ---------------------------------------------------------------- protocol and image codec (no server)
+def test_responses_parse_with_tritonclients_own_reader():
+    from n3deploy.serving.protocol import InferRequest, RequestedOutput, encode_infer_response
+
+    y = np.random.default_rng(1).random((2, 1, 5, 7), dtype=np.float32)
+    for binary in (True, False):
+        req = InferRequest(id="r1", inputs={}, outputs=[RequestedOutput("denoised", binary)])
+        body, headers = encode_infer_response("n3net", "1", req, {"denoised": y})
+        length = headers.get("Inference-Header-Content-Length")
+        result = httpclient.InferResult.from_response_body(body, header_length=None if length is None else int(length))
+        assert np.array_equal(result.as_numpy("denoised"), y)
+        assert result.get_response()["id"] == "r1"
+
+
+def test_request_parsing_rejects_inconsistent_binary_sections():
+    from n3deploy.serving.protocol import ProtocolError, parse_infer_request
+
+    x = np.ones((1, 1, 3, 3), np.float32)
+    body, headers = _binary_request(x)
+    parsed = parse_infer_request(body, headers["Inference-Header-Content-Length"])
+    assert np.array_equal(parsed.inputs["noisy"], x)
+    with pytest.raises(ProtocolError, match="binary bytes"):
+        parse_infer_request(body + b"xx", headers["Inference-Header-Content-Length"])
+    with pytest.raises(ProtocolError, match="outside the body"):
+        parse_infer_request(body, str(len(body) + 5))
+    with pytest.raises(ProtocolError, match="datatype"):
+        parse_infer_request(_json_request((1,), [1], "FLOAT"))
+
+
+def test_image_codec_keeps_format_and_depth_and_checks_size_first():
+    import tifffile
+
+    from n3deploy.serving.images import decode_image, encode_image
+    from n3deploy.serving.protocol import ProtocolError
+
+    rgb16 = (np.random.default_rng(2).random((12, 10, 3)) * 65535).astype(np.uint16)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, rgb16)
+    decoded = decode_image(buf.getvalue(), max_pixels=1000)
+    assert decoded.format == "TIFF" and decoded.pixels.dtype == np.uint16 and np.array_equal(decoded.pixels, rgb16)
+    assert np.array_equal(decode_image(encode_image(rgb16, "TIFF"), 1000).pixels, rgb16)
+    with pytest.raises(ProtocolError, match="above this server's limit") as err:
+        decode_image(buf.getvalue(), max_pixels=100)
+    assert err.value.status == 413
+    png16 = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00\x00\x00\x04\x00\x00\x00\x04" + bytes([16, 2, 0, 0, 0])
+    with pytest.raises(ProtocolError, match="16-bit colour PNG") as err:
+        decode_image(png16, max_pixels=1000)
+    assert err.value.status == 415

@@ -63,7 +63,7 @@ def decode_image(body: bytes, max_pixels: int) -> DecodedImage:
                 raise _too_large(h, w, max_pixels)
             if fmt not in MEDIA_TYPES:
                 raise ProtocolError(f"unsupported image format {fmt}; send PNG, JPEG, TIFF or BMP", 415)
-            if fmt == "TIFF" and im.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L"):
+            if fmt == "TIFF":  # tifffile: Pillow reads 16-bit colour TIFF as 8-bit RGB
                 return DecodedImage(_decode_tiff(body, max_pixels), "TIFF")
             if im.mode in ("I;16", "I;16B", "I;16L"):
                 pixels = np.asarray(im, dtype=np.uint16).copy()
