@@ -21,6 +21,10 @@ Runs only where TensorRT >= 10 and a CUDA GPU exist; elsewhere :func:`build_engi
 
 No precision flags are set: ``BuilderFlag.FP16``/``OBEY_PRECISION_CONSTRAINTS`` and friends are
 removed in TensorRT 11; the strongly typed network takes its precision from the ONNX graph.
+
+Typed against NVIDIA's ``tensorrt-stubs`` (``tests/test_typecheck.py`` runs mypy with them): the
+module is imported under its own name once :func:`~.env.import_tensorrt` has checked it, and every
+TensorRT object carries its TensorRT type, so a misspelt call fails the type check.
 """
 
 from __future__ import annotations
@@ -28,14 +32,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import EngineMismatchError, ModelFileError
 from ..fileio import atomic_path
 from .env import RuntimeInfo, current_runtime_info, import_tensorrt, tensorrt_major
 from .metadata import EngineMetadata, metadata_path, write_metadata
 from .onnx_graph import onnx_fingerprint, read_onnx_graph
+from .shapes import dims_tuple
 from .spec import EngineBuildSpec
+
+if TYPE_CHECKING:
+    import tensorrt
 
 __all__ = ["EngineBuildError", "build_engine", "record_trtexec_plan"]
 
@@ -46,8 +54,10 @@ class EngineBuildError(ModelFileError):
     """TensorRT could not parse the ONNX graph or build an engine from it."""
 
 
-def _create_network(trt: Any, builder: Any) -> Any:
+def _create_network(builder: "tensorrt.Builder") -> "tensorrt.INetworkDefinition":
     """A strongly typed network on TensorRT 10 and 11 alike."""
+    import tensorrt as trt  # noqa: PLC0415 - checked by import_tensorrt before any builder exists
+
     if tensorrt_major(trt.__version__) >= 11:
         # TensorRT 11: "STRONGLY_TYPED: [DEPRECATED] ... Strongly typed mode is always enabled. This flag
         # is retained for API compatibility but is ignored." (Core/Builder, 11.0 reference)
@@ -55,7 +65,9 @@ def _create_network(trt: Any, builder: Any) -> Any:
     return builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
 
 
-def _parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> Any:
+def _parse_onnx(network: "tensorrt.INetworkDefinition", logger: "tensorrt.ILogger", onnx_path: Path) -> "tensorrt.OnnxParser":
+    import tensorrt as trt  # noqa: PLC0415
+
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -67,8 +79,10 @@ def _parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> Any:
     return parser  # the parser must outlive the network's use of its weights
 
 
-def _check_network_io(trt: Any, network: Any, spec: EngineBuildSpec) -> list[str]:
+def _check_network_io(network: "tensorrt.INetworkDefinition", spec: EngineBuildSpec) -> list[str]:
     """Check the parsed network's I/O against the spec; returns the output names."""
+    import tensorrt as trt  # noqa: PLC0415
+
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     outputs = [network.get_output(i) for i in range(network.num_outputs)]
     if [t.name for t in inputs] != [spec.input_name]:
@@ -78,16 +92,16 @@ def _check_network_io(trt: Any, network: Any, spec: EngineBuildSpec) -> list[str
             raise EngineBuildError(
                 f"network tensor {tensor.name!r} is {tensor.dtype}; n3deploy engines need float32 inputs and outputs"
             )
-    shape = tuple(inputs[0].shape)
+    shape = dims_tuple(inputs[0].shape)
     if any(d < 0 for d in shape) and spec.profile is None:
         raise EngineBuildError(f"TensorRT sees dynamic input dimensions {shape} but the spec has no profile")
     return [t.name for t in outputs]
 
 
-def _load_timing_cache(config: Any, path: Optional[Path]) -> Any:
+def _load_timing_cache(config: "tensorrt.IBuilderConfig", path: Optional[Path]) -> "tensorrt.ITimingCache":
     """Attach the timing cache at ``path`` (or an empty one) to ``config``; a stale cache is replaced, not fatal."""
     data = path.read_bytes() if path is not None and path.is_file() else b""
-    cache = None
+    cache: "Optional[tensorrt.ITimingCache]" = None
     if data:
         try:
             cache = config.create_timing_cache(data)
@@ -101,12 +115,12 @@ def _load_timing_cache(config: Any, path: Optional[Path]) -> Any:
         else:
             log.info("reusing timing cache %s (%d bytes)", path, len(data))
             return cache
-    cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
+    empty = config.create_timing_cache(b"")
+    config.set_timing_cache(empty, ignore_mismatch=False)
+    return empty
 
 
-def _save_timing_cache(config: Any, path: Optional[Path]) -> None:
+def _save_timing_cache(config: "tensorrt.IBuilderConfig", path: Optional[Path]) -> None:
     if path is None:
         return
     cache = config.get_timing_cache()
@@ -117,7 +131,7 @@ def _save_timing_cache(config: Any, path: Optional[Path]) -> None:
         f.write(serialized)  # IHostMemory supports the buffer protocol (TensorRT Python samples write it directly)
 
 
-def _write_plan(serialized: Any, output_path: Path) -> None:
+def _write_plan(serialized: "tensorrt.IHostMemory", output_path: Path) -> None:
     # Remove stale metadata first: a crash between the two writes must not pair an old .json with a new plan.
     with contextlib.suppress(FileNotFoundError):
         metadata_path(output_path).unlink()
@@ -132,16 +146,18 @@ def build_engine(spec: EngineBuildSpec, *, device: int = 0, verbose: bool = Fals
     Raises :class:`BackendUnavailableError` without TensorRT/GPU, :class:`EngineBuildError` if TensorRT
     rejects the graph or the build fails.
     """
-    trt = import_tensorrt("building a TensorRT engine")
+    import_tensorrt("building a TensorRT engine")  # a clear error where TensorRT is missing
+    import tensorrt as trt  # noqa: PLC0415 - importable now
+
     runtime = runtime or current_runtime_info(device)
     graph = read_onnx_graph(spec.onnx_path)
     onnx_sha = onnx_fingerprint(spec.onnx_path, graph)
 
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = _create_network(trt, builder)
-    parser = _parse_onnx(trt, network, logger, spec.onnx_path)
-    output_names = _check_network_io(trt, network, spec)
+    network = _create_network(builder)
+    parser = _parse_onnx(network, logger, spec.onnx_path)
+    output_names = _check_network_io(network, spec)
 
     config = builder.create_builder_config()
     if spec.workspace_bytes is not None:
@@ -150,7 +166,8 @@ def build_engine(spec: EngineBuildSpec, *, device: int = 0, verbose: bool = Fals
         config.builder_optimization_level = spec.builder_optimization_level
     if spec.profile is not None:
         profile = builder.create_optimization_profile()
-        profile.set_shape(spec.input_name, spec.profile.min, spec.profile.opt, spec.profile.max)
+        profile.set_shape(spec.input_name, trt.Dims(list(spec.profile.min)), trt.Dims(list(spec.profile.opt)),
+                          trt.Dims(list(spec.profile.max)))
         config.add_optimization_profile(profile)
     _load_timing_cache(config, spec.timing_cache)
 
@@ -177,7 +194,9 @@ def record_trtexec_plan(spec: EngineBuildSpec, *, device: int = 0) -> EngineMeta
     Deserializes the plan with this machine's TensorRT first (``trt.Runtime(logger)
     .deserialize_cuda_engine(bytes)``, Core/Runtime) so only a plan that really loads here gets metadata.
     """
-    trt = import_tensorrt("recording metadata for a trtexec-built plan")
+    import_tensorrt("recording metadata for a trtexec-built plan")
+    import tensorrt as trt  # noqa: PLC0415 - importable now
+
     runtime = current_runtime_info(device)
     if not spec.output_path.is_file():
         raise ModelFileError(f"no plan at {spec.output_path}: run the trtexec command first (n3deploy build-engine --print-trtexec)")
@@ -195,7 +214,7 @@ def record_trtexec_plan(spec: EngineBuildSpec, *, device: int = 0) -> EngineMeta
     if inputs != [spec.input_name]:
         raise EngineMismatchError(f"{spec.output_path} has inputs {inputs}, but {spec.onnx_path} has {spec.input_name!r}: not built from it")
     if spec.profile is not None:
-        built = tuple(tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(spec.input_name, 0))
+        built = tuple(dims_tuple(s) for s in engine.get_tensor_profile_shape(spec.input_name, 0))
         if built != (spec.profile.min, spec.profile.opt, spec.profile.max):
             raise EngineMismatchError(
                 f"{spec.output_path} was built with profile {built}, not the requested {spec.profile.describe()}; "

@@ -21,13 +21,17 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, EngineMismatchError, InvalidImageError
 from .env import RuntimeInfo, current_runtime_info, import_tensorrt
 from .metadata import EngineMetadata, check_compatible, check_input_shape, read_metadata
+from .shapes import dims_tuple
+
+if TYPE_CHECKING:  # NVIDIA's tensorrt-stubs type these (tests/test_typecheck.py)
+    import tensorrt
 
 __all__ = ["TensorRTEngine", "polygraphy_trt_runner"]
 
@@ -35,7 +39,7 @@ __all__ = ["TensorRTEngine", "polygraphy_trt_runner"]
 class _DeviceIO(Protocol):
     name: str
 
-    def run(self, context: Any, input_name: str, output_name: str, x: np.ndarray) -> np.ndarray: ...
+    def run(self, context: "tensorrt.IExecutionContext", input_name: str, output_name: str, x: np.ndarray) -> np.ndarray: ...
 
 
 class _TorchCudaIO:
@@ -50,13 +54,13 @@ class _TorchCudaIO:
         self._device = torch.device("cuda", device)
         self._stream = torch.cuda.Stream(device=self._device)
 
-    def run(self, context: Any, input_name: str, output_name: str, x: np.ndarray) -> np.ndarray:
+    def run(self, context: "tensorrt.IExecutionContext", input_name: str, output_name: str, x: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             x_dev = torch.from_numpy(x).to(self._device)  # enqueued on self._stream
             if not context.set_input_shape(input_name, tuple(x.shape)):
                 raise EngineMismatchError(f"TensorRT rejected input shape {tuple(x.shape)} for {input_name!r}")
-            out_shape = tuple(context.get_tensor_shape(output_name))
+            out_shape = dims_tuple(context.get_tensor_shape(output_name))
             y_dev = torch.empty(out_shape, dtype=torch.float32, device=self._device)
             if not (context.set_tensor_address(input_name, x_dev.data_ptr())
                     and context.set_tensor_address(output_name, y_dev.data_ptr())):
@@ -71,7 +75,7 @@ class _TorchCudaIO:
 def _cuda_check(result: Any) -> Any:
     """Unpack a cuda-python ``(err, *values)`` tuple, raising on error (as common_runtime.cuda_call does)."""
     err, *values = result if isinstance(result, tuple) else (result,)
-    code = int(getattr(err, "value", err))
+    code = int(getattr(err, "value", err) or 0)
     if code != 0:
         raise RuntimeError(f"CUDA error {code} ({err})")
     if not values:
@@ -92,7 +96,7 @@ class _CudaPythonIO:
         self._device = device
         self._stream = _cuda_check(self._rt.cudaStreamCreate())
 
-    def run(self, context: Any, input_name: str, output_name: str, x: np.ndarray) -> np.ndarray:
+    def run(self, context: "tensorrt.IExecutionContext", input_name: str, output_name: str, x: np.ndarray) -> np.ndarray:
         rt = self._rt
         _cuda_check(rt.cudaSetDevice(self._device))
         d_in = d_out = None
@@ -102,7 +106,7 @@ class _CudaPythonIO:
                                            rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream))
             if not context.set_input_shape(input_name, tuple(x.shape)):
                 raise EngineMismatchError(f"TensorRT rejected input shape {tuple(x.shape)} for {input_name!r}")
-            out_shape = tuple(context.get_tensor_shape(output_name))
+            out_shape = dims_tuple(context.get_tensor_shape(output_name))
             y = np.empty(out_shape, dtype=np.float32)
             d_out = _cuda_check(rt.cudaMalloc(y.nbytes))
             if not (context.set_tensor_address(input_name, int(d_in)) and context.set_tensor_address(output_name, int(d_out))):
@@ -158,17 +162,20 @@ class TensorRTEngine:
     """
 
     def __init__(self, plan_path: str | os.PathLike, *, device: int = 0, allow_gpu_model_mismatch: bool = False) -> None:
-        trt = import_tensorrt("running a TensorRT engine")
+        import_tensorrt("running a TensorRT engine")  # a clear error where TensorRT is missing
+        import tensorrt as trt  # noqa: PLC0415 - importable now
+
         self.plan_path = Path(plan_path)
         self.metadata, plan = _load_checked(self.plan_path, device, allow_gpu_model_mismatch, None)
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(plan)
-        if self._engine is None:
+        self._logger: "tensorrt.ILogger" = trt.Logger(trt.Logger.WARNING)
+        self._runtime: "tensorrt.Runtime" = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(plan)
+        if engine is None:
             raise EngineMismatchError(
                 f"TensorRT could not deserialize {self.plan_path} (see its log above). Rebuild it with: "
                 f"{self.metadata.rebuild_command()}"
             )
+        self._engine: "tensorrt.ICudaEngine" = engine
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -178,7 +185,7 @@ class TensorRTEngine:
             if self._engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
                 raise EngineMismatchError(f"{self.plan_path}: tensor {name!r} is {self._engine.get_tensor_dtype(name)}, expected float32")
         self.input_name, self.output_name = inputs[0], outputs[0]
-        self._context = self._engine.create_execution_context()
+        self._context: "tensorrt.IExecutionContext" = self._engine.create_execution_context()
         self._io = _device_io(device)
         self._lock = threading.Lock()
 
@@ -206,7 +213,7 @@ def polygraphy_trt_runner(plan_path: str | os.PathLike, *, device: int = 0, allo
     feed (returned metadata) so an out-of-profile input gets n3deploy's message, not a TensorRT error.
     """
     import_tensorrt("running a TensorRT engine through polygraphy")
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner  # noqa: PLC0415
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner  # type: ignore[import-untyped]  # noqa: PLC0415
 
     plan_path = Path(plan_path)
     meta, plan = _load_checked(plan_path, device, allow_gpu_model_mismatch, None)

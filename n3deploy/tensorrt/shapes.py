@@ -6,11 +6,19 @@ Pure Python (no TensorRT), so every rule here is unit-tested on CPU machines.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from ..errors import N3DeployError
 
-__all__ = ["Shape", "ShapeError", "ProfileShapes", "parse_shape", "format_shape"]
+if TYPE_CHECKING:
+    import tensorrt
+
+__all__ = ["Shape", "ShapeError", "ProfileShapes", "parse_shape", "format_shape", "dims_tuple"]
+
+
+def dims_tuple(dims: "tensorrt.Dims") -> tuple[int, ...]:
+    """A TensorRT ``Dims`` (indexable, with a length: TensorRT's own tuple-like) as a tuple of ints."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
 
 Shape = tuple[int, ...]
 
