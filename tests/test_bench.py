@@ -1,4 +1,4 @@
-"""Benchmark suite: FLOP counter, an end-to-end tiny run (JSON + Markdown), pausing another process."""
+"""Benchmark suite: FLOP counter, row table, an end-to-end tiny run (JSON + Markdown), scenarios, pausing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from n3deploy.benchmarking.flops import conv_flops_per_pixel, model_flops_per_pixel
 from n3deploy.benchmarking.report import render_markdown, write_report
-from n3deploy.benchmarking.suite import BenchSettings, evaluate_criteria, parse_size, paused, probe_backends, run_suite
+from n3deploy.benchmarking.suite import BenchSettings, parse_size, paused, probe_rows, run_suite
 from n3deploy.config import N3NetConfig
 from n3deploy.model import N3Net
 
@@ -76,52 +76,90 @@ def test_parse_size() -> None:
 
 def test_suite_end_to_end_tiny(tmp_path) -> None:
     settings = BenchSettings(
-        preset="tiny", sizes=((32, 32),), backends=("torch-static",), repeats=1, warmup=1,
+        preset="tiny", sizes=((32, 32),), backends=("torch-static", "ort-cpu-fp32"), repeats=1, warmup=1,
         breakdown_repeats=1, breakdown_size=(32, 32), matmul_n=128, command="pytest",
-        quiet_wait_s=0.0, contention_retry=1.0,
+        quiet_wait_s=0.0, contention_retry=1.0, denoiser_size=(80, 60),
     )
     json_path = tmp_path / "results.json"
     doc = run_suite(settings, json_path=json_path, log=lambda _msg: None)
     on_disk = json.loads(json_path.read_text())
     assert on_disk["results"] == json.loads(json.dumps(doc["results"]))
-    (row,) = on_disk["results"]
-    assert row["status"] == "ok", row["note"]
-    assert row["repeats"] == 1 and row["median_s"] > 0 and row["peak_rss_mb"] > row["base_rss_mb"] > 0
-    assert row["gflops"] == pytest.approx(on_disk["flops_per_pixel"]["total"] * 32 * 32 / row["median_s"] / 1e9)
-    assert on_disk["matmul_peak"]["gflops"] > 0
+    assert [r["backend"] for r in on_disk["results"]] == ["torch-static", "ort-cpu-fp32"]
+    for row in on_disk["results"]:
+        assert row["status"] == "ok", row["note"]
+        assert row["repeats"] == 1 and row["median_s"] > 0 and row["peak_rss_mb"] > row["base_rss_mb"] > 0
+        assert row["gflops"] == pytest.approx(on_disk["flops_per_pixel"]["total"] * 32 * 32 / row["median_s"] / 1e9)
+    peaks = on_disk["matmul_peaks"]
+    assert set(peaks) == {"fp32", "bf16"} and all(p["gflops"] > 0 for p in peaks.values())
     for knn in ("static", "reference"):
         assert on_disk["breakdown"][knn]["ok"], on_disk["breakdown"][knn]
         assert 0 < on_disk["breakdown"][knn]["nonlocal_share"] < 1
     assert on_disk["breakdown"]["speedup_total"] > 0
-    assert set(on_disk["criteria"]) >= {"ort_rss_scaling", "cpu_efficiency"}
-    assert on_disk["criteria"]["ort_rss_scaling"]["met"] is None  # not measured in this run
+    assert "criteria" not in on_disk
+    assert on_disk["denoiser"]["ok"] and on_disk["denoiser"]["backend"] == "onnxruntime", on_disk["denoiser"]
 
     md_path, time_png, mem_png = write_report(on_disk, tmp_path / "BENCHMARKS.md", tmp_path / "docs")
     text = md_path.read_text()
     assert text == render_markdown(on_disk)
-    for needle in ("## Machine and settings", "pytest", "32×32", "## Acceptance bars", "static", "reference",
-                   "(docs/bench_time.png)", "GFLOP/s"):
+    for needle in ("## Machine and settings", "pytest", "32×32", "## Summary at 32×32", "static", "reference",
+                   "(docs/bench_time.png)", "GFLOP/s", "FP32 matmul peak", "BF16 matmul peak", "ONNX Runtime CPU FP32"):
         assert needle in text
+    for word in ("bar", "criteria", "issue", "acceptance", "met**"):
+        assert word not in text.lower().split(), word
+    assert "Acceptance" not in text and "not met" not in text
     assert time_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and mem_png.stat().st_size > 0
 
 
-def test_criteria_from_rows() -> None:
-    def row(backend: str, w: int, h: int, median: float, rss: float, gflops: float) -> dict:
-        return dict(backend=backend, width=w, height=h, status="ok", median_s=median, peak_rss_mb=rss, gflops=gflops)
+def test_every_row_opens_its_file_with_a_registry_backend() -> None:
+    from n3deploy.backends import BACKENDS
+    from n3deploy.benchmarking.rows import ROWS
 
-    doc = {
-        "matmul_peak": {"gflops": 100.0},
-        "results": [
-            row("ort-cpu-fp32", 1024, 1024, 10.0, 1000.0, 40.0),
-            row("ort-cpu-fp32", 1920, 1080, 20.0, 2600.0, 40.0),
-            row("ort-cpu-fp32", 481, 321, 2.0, 500.0, 60.0),
-            row("torch-static", 481, 321, 3.0, 600.0, 40.0),
-        ],
+    assert {"ov-cpu-fp32", "ov-cpu-bf16", "torch-cpu-bf16"} <= set(ROWS)
+    for row in ROWS.values():
+        spec = BACKENDS[row.backend]
+        assert row.device in spec.devices and row.precision in spec.precisions, row
+        opened = ".safetensors" if row.opens == "checkpoint" else ".onnx"
+        assert opened in spec.suffixes, row
+        assert row.peak in (("fp32", "bf16") if row.device == "cpu" else (None,)), row
+    assert ROWS["ov-cpu-bf16"].peak == "bf16" and ROWS["ort-cpu-fp16"].peak == "fp32"  # ORT CPU computes FP16 in FP32
+
+
+def test_unavailable_rows_carry_the_reason() -> None:
+    from n3deploy.backends import available_backends
+
+    reasons = available_backends()
+    for info in probe_rows():
+        assert info.available == (not info.reason), info
+        if reasons[info.backend]:  # the registry's probe reason is the row's
+            assert not info.available and info.reason == reasons[info.backend]
+
+
+def _doc_with_rows(*rows: dict) -> dict:
+    return {
+        "settings": {"breakdown_size": [481, 321]}, "matmul_peaks": {"fp32": {"gflops": 100.0}, "bf16": {"gflops": 400.0}},
+        "backends": [{"name": r["backend"], "label": r["backend"], "device": "cpu", "available": True} for r in rows],
+        "results": list(rows),
     }
-    c = evaluate_criteria(doc)
-    assert c["ort_rss_scaling"]["ratio"] == pytest.approx(2.6) and c["ort_rss_scaling"]["met"] is False
-    assert c["cpu_efficiency"]["backend"] == "ort-cpu-fp32" and c["cpu_efficiency"]["met"] is True
-    assert c["ort_vs_torch_static"]["speedup"] == pytest.approx(1.5)
+
+
+def _row(backend: str, w: int, h: int, median: float, gflops: float, rss: float = 500.0) -> dict:
+    return dict(backend=backend, width=w, height=h, status="ok", median_s=median, peak_rss_mb=rss, gflops=gflops,
+                megapixels=w * h / 1e6, repeats=3, mpix_per_s=w * h / 1e6 / median, base_rss_mb=100.0, gpu_mem_mb=None)
+
+
+def test_each_row_is_compared_with_the_peak_of_its_precision() -> None:
+    from n3deploy.benchmarking.report import _results_section, _summary_section
+
+    doc = _doc_with_rows(_row("ort-cpu-fp32", 481, 321, 1.0, 50.0), _row("ov-cpu-bf16", 481, 321, 0.5, 100.0),
+                         _row("ort-cpu-fp16", 481, 321, 2.0, 25.0))
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")] for line in _summary_section(doc)
+             if line.startswith("| ") and "median" not in line}
+    assert lines["ov-cpu-bf16"][4] == "25 (BF16)" and lines["ort-cpu-fp32"][4] == "50 (FP32)"
+    assert lines["ort-cpu-fp16"][4] == "25 (FP32)"
+    assert lines["ov-cpu-bf16"][5] == "1.00" and lines["ort-cpu-fp32"][5] == "2.00"  # fastest first
+    assert list(lines) == ["ov-cpu-bf16", "ort-cpu-fp32", "ort-cpu-fp16"]
+    table = [line for line in _results_section(doc) if line.startswith("| ov-cpu-bf16")]
+    assert table and "25 (BF16)" in table[0] and "| 500 |" in table[0]  # peak RSS for every row
 
 
 def _state(pid: int) -> str:
@@ -162,7 +200,7 @@ def test_pause_of_a_missing_process_is_harmless() -> None:
 
 
 def test_merge_keeps_old_rows_and_replaces_remeasured_ones() -> None:
-    from n3deploy.benchmarking.suite import merge_results
+    from n3deploy.benchmarking.merge import merge_results
 
     def row(backend: str, status: str, median: float | None) -> dict:
         return dict(backend=backend, width=64, height=64, status=status, median_s=median, peak_rss_mb=1.0, gflops=1.0)
@@ -170,30 +208,34 @@ def test_merge_keeps_old_rows_and_replaces_remeasured_ones() -> None:
     old = {"command": "first", "results": [row("torch-static", "ok", 2.0), row("ort-cpu-fp32", "ok", 1.0)],
            "breakdown": {"static": {"ok": True}}, "matmul_peak": {"gflops": 90.0},
            "backends": [{"name": "torch-static", "label": "old"}, {"name": "ort-cpu-fp32", "label": "ORT"}],
-           "denoiser": {"ok": True, "peak_rss_mb": 1000.0}}
+           "denoiser": {"ok": True, "peak_rss_mb": 1000.0},
+           "scenarios": {"a": {"ok": True, "results": {"v": 1}}, "b": {"ok": True, "results": {"v": 2}}}}
     new = {"command": "second", "results": [row("torch-static", "ok", 1.5), row("ort-cpu-fp32", "failed", None)],
-           "breakdown": {}, "matmul_peak": {"gflops": 100.0}, "backends": [{"name": "torch-static", "label": "new"}]}
+           "breakdown": {}, "matmul_peaks": {"fp32": {"gflops": 100.0}, "bf16": {"gflops": 300.0}},
+           "backends": [{"name": "torch-static", "label": "new"}],
+           "scenarios": {"a": {"ok": False, "error": "x"}, "b": {"ok": True, "results": {"v": 3}}, "c": {"ok": True}}}
     merged = merge_results(old, new)
     assert [r["median_s"] for r in merged["results"]] == [1.5, 1.0]
     # every backend keeps its label, a re-probed one the new one; the measured Denoiser is kept
     assert {b["name"]: b["label"] for b in merged["backends"]} == {"torch-static": "new", "ort-cpu-fp32": "ORT"}
     assert merged["denoiser"]["peak_rss_mb"] == 1000.0
     assert merged["breakdown"] == old["breakdown"] and merged["commands"] == ["first", "second"]
-    assert merged["matmul_peak"]["gflops"] == 100.0
+    # a schema-1 document's single peak is the FP32 one
+    assert merged["matmul_peaks"]["fp32"]["gflops"] == 100.0 and merged["matmul_peaks"]["bf16"]["gflops"] == 300.0
+    # scenarios by name: a failed re-run keeps the stored result
+    assert merged["scenarios"]["a"]["results"] == {"v": 1} and merged["scenarios"]["b"]["results"] == {"v": 3}
+    assert set(merged["scenarios"]) == {"a", "b", "c"}
 
 
 def test_denoiser_job_measures_an_rgb_image_through_onnx_runtime(tiny_onnx) -> None:
     """The suite's Denoiser job: one RGB uint8 image through Denoiser + ORT, time and peak RSS."""
-    from n3deploy.benchmarking.suite import _worker_denoiser
+    from n3deploy.benchmarking.worker import TASKS
 
-    res = _worker_denoiser({"onnx": str(tiny_onnx.path), "width": 100, "height": 70, "seed": 0, "threads": 1})
+    res = TASKS["denoiser"]({"onnx": str(tiny_onnx.path), "width": 100, "height": 70, "seed": 0, "threads": 1})
     assert res["backend"] == "onnxruntime" and res["seconds"] > 0
     # in this (reused) process ru_maxrss can trail the current RSS by a page-accounting step
     assert res["peak_rss_mb"] > 0 and res["base_rss_mb"] > 0
     assert res["tile"] == [64, 64]  # the fixed-shape graph's size
-    doc = {"results": [], "denoiser": {"ok": True, "width": 100, "height": 70, **res}}
-    crit = evaluate_criteria(doc)["denoiser_rss"]
-    assert crit["met"] is (res["peak_rss_mb"] <= 3 * 1024) and crit["peak_rss_mb"] == res["peak_rss_mb"]
 
 
 def test_gpu_results_render_as_their_own_section_without_a_cpu_peak_share() -> None:
@@ -216,8 +258,71 @@ def test_gpu_results_render_as_their_own_section_without_a_cpu_peak_share() -> N
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
 def test_cuda_backends_say_why_they_cannot_run_here() -> None:
-    infos = {i.name: i for i in probe_backends(("torch-cuda-fp32", "torch-cuda-fp16", "torch-static"))}
+    infos = {i.name: i for i in probe_rows(("torch-cuda-fp32", "torch-cuda-fp16", "torch-static"))}
     assert infos["torch-static"].available
     for name in ("torch-cuda-fp32", "torch-cuda-fp16"):
         assert not infos[name].available and infos[name].reason == "no CUDA GPU visible to PyTorch"
     assert infos["torch-cuda-fp16"].precision == "fp16"
+
+
+_SCENARIO_MODULE = """
+from n3deploy.benchmarking.scenarios import Scenario, register_scenario
+
+
+def run(options):
+    import os
+    return {"threads": options.threads, "quick": options.quick, "pid": os.getpid()}
+
+
+def render(results):
+    return "## Echo scenario\\n\\nran with %d threads, quick=%s" % (results["threads"], results["quick"])
+
+
+register_scenario(Scenario(name="echo-test", title="Echo", run=run, render=render))
+register_scenario(Scenario(name="needs-missing", title="Needs", run=run, render=render, needs=("no_such_module_x",)))
+"""
+
+
+def test_scenarios_run_in_their_own_process_are_stored_and_rendered(tmp_path, monkeypatch) -> None:
+    import os
+    import sys
+
+    from n3deploy.benchmarking.merge import merge_results
+    from n3deploy.benchmarking.suite import run_scenarios
+
+    (tmp_path / "echo_scenario_mod.py").write_text(_SCENARIO_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    import echo_scenario_mod  # noqa: F401 - registers the scenarios
+
+    settings = BenchSettings(threads=1, quick=True, quiet_wait_s=0.0, scenarios=("echo-test", "needs-missing"),
+                             command="pytest")
+    stored = run_scenarios(settings, log=lambda _msg: None)
+    assert stored["echo-test"]["ok"], stored["echo-test"]
+    assert stored["echo-test"]["results"]["quick"] is True and stored["echo-test"]["results"]["pid"] != os.getpid()
+    assert not stored["needs-missing"]["ok"] and "no_such_module_x" in stored["needs-missing"]["error"]
+    with pytest.raises(ValueError, match="unknown benchmark scenario"):
+        run_scenarios(BenchSettings(scenarios=("nope",), quiet_wait_s=0.0), log=lambda _msg: None)
+
+    cpu_doc = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results.json").read_text())
+    new = {**cpu_doc, "command": "bench --scenarios echo-test", "results": [], "scenarios": stored}
+    text = render_markdown(merge_results(cpu_doc, new))
+    assert "## Echo scenario" in text and "ran with 1 threads, quick=True" in text
+    assert "## Needs" in text and "Not measured (`--scenarios needs-missing`)" in text
+    del sys.modules["echo_scenario_mod"]
+
+
+def test_bench_command_parses_rows_and_scenarios() -> None:
+    import argparse
+
+    from n3deploy.commands.bench import add_arguments, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    s = settings_from_args(p.parse_args(["--backends", "ov-cpu-bf16", "torch-cpu-bf16", "--scenarios", "all",
+                                         "--quick"]), "x")
+    assert s.backends == ("ov-cpu-bf16", "torch-cpu-bf16") and s.scenarios == ("all",) and s.quick
+    with pytest.raises(SystemExit, match="unknown benchmark row"):
+        settings_from_args(p.parse_args(["--backends", "ort"]), "x")
+    with pytest.raises(SystemExit, match="unknown benchmark scenario"):
+        settings_from_args(p.parse_args(["--scenarios", "nope"]), "x")

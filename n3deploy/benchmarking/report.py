@@ -16,14 +16,30 @@ def _fmt(value: Any, spec: str = ".3f", none: str = "–") -> str:
     return none if value is None else format(value, spec)
 
 
-def _verdict(met: bool | None) -> str:
-    return {True: "**met**", False: "**not met**", None: "not measured"}[met]
-
-
 def _labels(doc: dict[str, Any]) -> dict[str, str]:
-    from .suite import BACKENDS
+    from .rows import ROWS
 
-    return {**{name: spec[0] for name, spec in BACKENDS.items()}, **{b["name"]: b["label"] for b in doc["backends"]}}
+    return {**{name: row.label for name, row in ROWS.items()}, **{b["name"]: b["label"] for b in doc["backends"]}}
+
+
+def _row_peak(doc: dict[str, Any], name: str) -> str | None:
+    """Which matmul peak a row is compared with: its stored ``peak``, else the row table's."""
+    from .rows import ROWS
+
+    for b in doc["backends"]:
+        if b["name"] == name:
+            if "peak" in b:
+                return b["peak"]
+            if b.get("device") == "cuda":
+                return None
+    row = ROWS.get(name)
+    return row.peak if row else "fp32"
+
+
+def _peak_gflops(doc: dict[str, Any]) -> dict[str, float]:
+    from .merge import matmul_peaks
+
+    return {p: v["gflops"] for p, v in matmul_peaks(doc).items() if v.get("gflops")}
 
 
 def _machine_section(doc: dict[str, Any]) -> list[str]:
@@ -35,14 +51,17 @@ def _machine_section(doc: dict[str, Any]) -> list[str]:
         f"- CPU: {m['cpu']} — {m['logical_cores']} logical / {m.get('physical_cores')} physical cores, "
         f"{m['memory_gb']} GiB RAM; GPU: {m.get('gpu') or 'none'}",
         f"- OS: {m['os']}; Python {m['python']}; torch {m['torch']}; onnxruntime {m.get('onnxruntime') or 'not installed'} "
-        f"(providers: {', '.join(m.get('ort_providers') or []) or '–'}); TensorRT {m.get('tensorrt') or 'not installed'}",
-        f"- Threads: {m['threads']} (torch `set_num_threads`, ORT `intra_op_num_threads`)",
+        f"(providers: {', '.join(m.get('ort_providers') or []) or '–'}); OpenVINO {m.get('openvino') or 'not installed'}; "
+        f"TensorRT {m.get('tensorrt') or 'not installed'}",
+        f"- CPU features: {', '.join(m.get('cpu_flags') or []) or 'not recorded'}",
+        f"- Threads: {m['threads']} (torch `set_num_threads`, ONNX Runtime `intra_op_num_threads`, OpenVINO "
+        "`INFERENCE_NUM_THREADS`)",
         f"- Allocator: {m['allocator']}; took effect: {m['allocator_tuned']}",
         f"- Model: `{s['preset']}` preset, random weights (seed {s['seed']}), batch 1, "
         f"{doc['config']['in_channels']} channel(s)",
         f"- Timing: median of up to {s['repeats']} runs after {s['warmup']} warm-up run(s) "
         f"(fewer repeats where one run is long: about {s['max_job_s']:.0f} s per backend and size); "
-        "each backend and size in a fresh subprocess; peak RSS is that process's `ru_maxrss` "
+        "each row and size in a fresh subprocess that opens its model file with `n3deploy.backends.load_backend`; peak RSS is that process's `ru_maxrss` "
         "(includes interpreter and library imports; the RSS before the first run is listed as base)",
         f"- Quiet machine: process {pause.get('pid')} paused (SIGSTOP) during all measurements: "
         f"{pause.get('paused')}; load average at start {_loadavg(load.get('loadavg_start'))}, "
@@ -79,7 +98,7 @@ def _loadavg(value: Any) -> str:
 
 
 def _flops_section(doc: dict[str, Any]) -> list[str]:
-    f, peak = doc["flops_per_pixel"], doc.get("matmul_peak", {})
+    f = doc["flops_per_pixel"]
     return [
         "## Work per pixel and machine peak",
         "",
@@ -95,26 +114,42 @@ def _flops_section(doc: dict[str, Any]) -> list[str]:
         f"| KNN aggregation | {f['knn_aggregation'] / 1e3:.1f} |",
         f"| **total** | **{f['total'] / 1e3:.1f}** |",
         "",
-        "GFLOP/s in the tables are this model count divided by the median latency, for every backend "
+        "GFLOP/s in the tables are this model count divided by the median latency, for every row "
         "(the static KNN folds the patch overlap into its weights and performs fewer aggregation "
-        "multiply-adds than the paper formulation counts; the reference KNN performs more work in gathers).",
+        "multiply-adds than the paper formulation counts; the reference KNN performs more work in gathers). "
+        "Each CPU row's *% of peak* compares it with the matmul peak of the precision its arithmetic runs in "
+        "(FP32 rows and ONNX Runtime's FP16 graph, which computes in FP32, with the FP32 peak; BF16 rows with the "
+        "BF16 peak):",
         "",
-        f"Measured float32 matmul peak ({peak.get('n')}³ `torch.matmul`, {peak.get('threads')} threads, best of 10, "
-        "at the start and at the end of the measurements, the higher one): "
-        f"**{_fmt(peak.get('gflops'), '.1f')} GFLOP/s** (start {_fmt(peak.get('start_gflops'), '.1f')}, "
-        f"end {_fmt(peak.get('end_gflops'), '.1f')}).",
+        *_peak_lines(doc),
         "",
     ]
 
 
+def _peak_lines(doc: dict[str, Any]) -> list[str]:
+    from .merge import matmul_peaks
+
+    lines = []
+    for precision, peak in matmul_peaks(doc).items():
+        if not peak.get("gflops"):
+            lines.append(f"- {precision.upper()} matmul peak: not measured ({peak.get('error', 'no result')})")
+            continue
+        lines.append(
+            f"- Measured {precision.upper()} matmul peak ({peak.get('n')}³ `torch.matmul`, {peak.get('threads')} threads, "
+            "best of 10, at the start and at the end of the measurements, the higher one): "
+            f"**{_fmt(peak.get('gflops'), '.1f')} GFLOP/s** (start {_fmt(peak.get('start_gflops'), '.1f')}, "
+            f"end {_fmt(peak.get('end_gflops'), '.1f')})"
+        )
+    return lines or ["- No matmul peak measured."]
+
+
 def _results_section(doc: dict[str, Any]) -> list[str]:
     labels = _labels(doc)
-    peak = doc.get("matmul_peak", {}).get("gflops")
-    on_gpu = {b["name"] for b in doc["backends"] if b.get("device") == "cuda"}
+    peaks = _peak_gflops(doc)
     lines = [
         "## Latency, throughput and memory",
         "",
-        "| backend | size (W×H) | MP | median s | runs | MP/s | GFLOP/s | % of matmul peak | peak RSS MB | base RSS MB | GPU MB | other load |",
+        "| row | size (W×H) | MP | median s | runs | MP/s | GFLOP/s | % of peak (precision) | peak RSS MB | base RSS MB | GPU MB | other load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     skipped = []
@@ -123,7 +158,8 @@ def _results_section(doc: dict[str, Any]) -> list[str]:
         if r["status"] != "ok":
             skipped.append(f"- {labels.get(r['backend'], r['backend'])} at {size}: {r['status']} — {r['note']}")
             continue
-        share = _fmt(100 * r["gflops"] / peak, ".0f") if peak and r["backend"] not in on_gpu else "–"  # a CPU peak
+        which = _row_peak(doc, r["backend"])  # None: a GPU row, the CPU peaks say nothing about it
+        share = f"{100 * r['gflops'] / peaks[which]:.0f} ({which.upper()})" if which in peaks else "–"
         lines.append(
             f"| {labels.get(r['backend'], r['backend'])} | {size} | {r['megapixels']:.3f} | {r['median_s']:.3f} | "
             f"{r['repeats']} | {r['mpix_per_s']:.3f} | {r['gflops']:.1f} | {share} | {r['peak_rss_mb']:.0f} | "
@@ -132,7 +168,7 @@ def _results_section(doc: dict[str, Any]) -> list[str]:
     lines.append("")
     unavailable = [b for b in doc["backends"] if not b["available"]]
     if unavailable:
-        lines += ["Unavailable backends:", ""]
+        lines += ["Unavailable rows:", ""]
         lines += [f"- {b['label']} (`{b['name']}`): {b['reason']}" for b in unavailable]
         lines.append("")
     skipped = [s for s in skipped if "unavailable (" not in s]
@@ -200,28 +236,50 @@ def _denoiser_section(doc: dict[str, Any]) -> list[str]:
     ]
 
 
-def _criteria_section(doc: dict[str, Any]) -> list[str]:
-    c = doc.get("criteria") or {}
-    lines = ["## Acceptance bars", ""]
-    rss = c.get("ort_rss_scaling", {})
-    detail = f"ratio {rss['ratio']:.2f}" if "ratio" in rss else rss.get("reason", "")
-    lines.append(f"- {rss.get('bar', 'ORT RSS scaling')}: {_verdict(rss.get('met'))} ({detail})")
-    eff = c.get("cpu_efficiency", {})
-    if "fraction" in eff:
-        detail = (f"{eff['backend']}: {eff['gflops']:.1f} of {eff['peak_gflops']:.1f} GFLOP/s = "
-                  f"{100 * eff['fraction']:.0f}%")
-    else:
-        detail = eff.get("reason", "")
-    lines.append(f"- {eff.get('bar', 'CPU efficiency')}: {_verdict(eff.get('met'))} ({detail})")
-    den = c.get("denoiser_rss", {})
-    if den:
-        detail = f"{den['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in den else den.get("reason", "")
-        lines.append(f"- {den['bar']}: {_verdict(den.get('met'))} ({detail})")
-    ovt = c.get("ort_vs_torch_static")
-    if ovt:
-        lines.append(f"- ONNX Runtime CPU FP32 vs PyTorch static at {ovt['size']}: {ovt['speedup']:.2f}× "
-                     "(> 1: ONNX Runtime faster)")
+def _summary_section(doc: dict[str, Any]) -> list[str]:
+    """At the breakdown size: each CPU row against the peak of its precision, and the rows' ratios."""
+    w, h = doc["settings"].get("breakdown_size") or (481, 321)
+    labels, peaks = _labels(doc), _peak_gflops(doc)
+    rows = [r for r in doc["results"] if r["status"] == "ok" and (r["width"], r["height"]) == (w, h)
+            and _row_peak(doc, r["backend"]) is not None]
+    if not rows:
+        return []
+    rows.sort(key=lambda r: r["median_s"])
+    fastest = rows[0]
+    lines = [f"## Summary at {w}×{h}", "",
+             f"CPU rows at {w}×{h}, fastest first, against the machine's matmul peak of each row's precision "
+             "(model FLOPs of the paper formulation, see below) and against the fastest row:", "",
+             "| row | median s | GFLOP/s | % of peak (precision) | × slower than fastest | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        which = _row_peak(doc, r["backend"])
+        share = f"{100 * r['gflops'] / peaks[which]:.0f} ({which.upper()})" if which in peaks else "–"
+        lines.append(f"| {labels.get(r['backend'], r['backend'])} | {r['median_s']:.3f} | {r['gflops']:.1f} | {share} | "
+                     f"{r['median_s'] / fastest['median_s']:.2f} | {r['peak_rss_mb']:.0f} |")
     lines.append("")
+    return lines
+
+
+def _scenario_sections(doc: dict[str, Any]) -> list[str]:
+    """Every stored scenario, rendered by its own ``render`` (registry order, then any unknown ones)."""
+    stored = doc.get("scenarios") or {}
+    if not stored:
+        return []
+    from .scenarios import scenarios
+
+    known = scenarios()
+    lines: list[str] = []
+    for name in [*(n for n in known if n in stored), *(n for n in stored if n not in known)]:
+        entry = stored[name]
+        title = entry.get("title") or name
+        if not entry.get("ok"):
+            lines += [f"## {title}", "", f"Not measured (`--scenarios {name}`): {entry.get('error', 'no result')}", ""]
+        elif name not in known:
+            lines += [f"## {title}", "", f"Stored results of scenario `{name}`, whose module is not installed here.", ""]
+        else:
+            lines += [known[name].render(entry["results"]).rstrip(), "",
+                      f"Measured in a fresh worker process in {entry.get('wall_s', 0):.0f} s "
+                      f"(other load {_pct(entry.get('foreign_cpu_share'))}).", ""]
     return lines
 
 
@@ -254,11 +312,12 @@ def render_markdown(doc: dict[str, Any], appendix: str = "", gpu_doc: dict[str, 
         "",
     ]
     lines += _machine_section(doc)
-    lines += _criteria_section(doc)
+    lines += _summary_section(doc)
     lines += _breakdown_section(doc)
     lines += _denoiser_section(doc)
     lines += _results_section(doc)
     lines += _flops_section(doc)
+    lines += _scenario_sections(doc)
     if gpu_doc is not None:
         lines += _gpu_section(gpu_doc)
     if appendix.strip():

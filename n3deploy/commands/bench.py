@@ -15,10 +15,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", nargs="+", metavar="WxH",
                    help="image sizes, width x height, or 'none' (default: 256x256 481x321 1024x1024 1920x1080 3840x2160; "
                         "sizes predicted not to fit in memory are skipped)")
-    p.add_argument("--backends", nargs="+", metavar="NAME",
-                   help="subset of: torch-static torch-reference torch-cuda-fp32 torch-cuda-fp16 ort-cpu-fp32 ort-cpu-fp16 "
-                        "ort-cuda-fp32 ort-cuda-fp16 tensorrt-fp16 (default: all; unavailable ones are reported as such). "
-                        "torch-cuda-fp16 runs PyTorch under the FP16 graph's precision plan (FP16 CNNs, FP32 KNN)")
+    p.add_argument("--backends", nargs="+", metavar="ROW",
+                   help="subset of the rows: torch-static torch-reference torch-cpu-bf16 torch-cuda-fp32 torch-cuda-fp16 "
+                        "ort-cpu-fp32 ort-cpu-fp16 ov-cpu-fp32 ov-cpu-bf16 ort-cuda-fp32 ort-cuda-fp16 tensorrt-fp16 "
+                        "(default: all; unavailable ones are reported with the reason). The fp16/bf16 rows run the "
+                        "precision plan (reduced-precision convolutions, FP32 non-local part)")
+    p.add_argument("--scenarios", nargs="+", metavar="NAME",
+                   help="also run these benchmark scenarios (n3deploy.benchmarking.scenarios), or 'all'; each runs in "
+                        "its own process and is stored under the results' \"scenarios\" key (--update merges by name)")
     p.add_argument("--quick", action="store_true", help="short run: 256x256 and 481x321, 2 repeats, 1 breakdown repeat")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per backend and size (default 5, --quick 2)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs before timing (default 1)")
@@ -53,14 +57,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmark every available backend: latency, MP/s, peak RSS, GFLOP/s vs matmul peak",
+        help="benchmark every available backend: latency, MP/s, peak RSS, GFLOP/s vs the matmul peaks",
         description=(
-            "Benchmark N3Net on every available backend (PyTorch static/reference KNN, ONNX Runtime "
-            "FP32/FP16 on CPU/CUDA, TensorRT FP16) and image size, each in a fresh process. Writes "
-            "JSON results; --write-benchmarks regenerates BENCHMARKS.md and docs/bench_*.png.\n\n"
+            "Benchmark N3Net on every available row (a registry backend in one precision: PyTorch FP32/BF16 "
+            "and static/reference KNN, ONNX Runtime FP32/FP16 on CPU/CUDA, OpenVINO FP32/BF16, TensorRT FP16) "
+            "and image size, each in a fresh process, against the machine's FP32 and BF16 matmul peaks; plus "
+            "the benchmark scenarios asked for with --scenarios. Writes JSON results; --write-benchmarks "
+            "regenerates BENCHMARKS.md and docs/bench_*.png.\n\n"
             "examples:\n"
             "  n3deploy bench --quick\n"
             "  n3deploy bench --pause-pid $(cat runs/default/pid) --write-benchmarks\n"
+            "  n3deploy bench --sizes none --no-breakdown --denoiser-size none --scenarios all --update\n"
             "  n3deploy bench --from-json --write-benchmarks"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, command: str):
-    from ..benchmarking.suite import BACKENDS, DEFAULT_SIZES, QUICK_SIZES, BenchSettings, parse_size
+    from ..benchmarking.rows import ROWS
+    from ..benchmarking.settings import DEFAULT_SIZES, QUICK_SIZES, BenchSettings, parse_size
 
     if args.sizes == ["none"]:
         sizes: tuple[tuple[int, int], ...] = ()
@@ -81,7 +89,7 @@ def settings_from_args(args: argparse.Namespace, command: str):
     settings = BenchSettings(
         preset=args.preset,
         sizes=sizes,
-        backends=tuple(args.backends) if args.backends else tuple(BACKENDS),
+        backends=tuple(args.backends) if args.backends else tuple(ROWS),
         repeats=args.repeats if args.repeats is not None else (2 if args.quick else 5),
         warmup=args.warmup,
         max_job_s=args.max_job_s,
@@ -94,8 +102,20 @@ def settings_from_args(args: argparse.Namespace, command: str):
         budget_s=args.budget_s,
         quiet_wait_s=args.quiet_wait_s,
         pause_pid=args.pause_pid,
+        scenarios=tuple(args.scenarios or ()),
+        quick=args.quick,
         command=command,
     )
+    unknown = [b for b in settings.backends if b not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    if settings.scenarios and "all" not in settings.scenarios:
+        from ..benchmarking.scenarios import scenarios
+
+        known = scenarios()
+        missing = [n for n in settings.scenarios if n not in known]
+        if missing:
+            raise SystemExit(f"unknown benchmark scenario(s) {', '.join(missing)}; choose from all, {', '.join(known)}")
     if args.reference_all_sizes:
         settings.reference_max_pixels = 1 << 62
     return settings
@@ -105,7 +125,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     import json
 
     from ..benchmarking.report import write_report
-    from ..benchmarking.suite import command_line, merge_results, run_suite
+    from ..benchmarking.merge import merge_results
+    from ..benchmarking.suite import command_line, run_suite
+    from ..fileio import atomic_path
 
     if args.from_json:
         doc = json.loads(args.json.read_text())
@@ -118,7 +140,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         if args.update and args.json.exists():
             old = json.loads(args.json.read_text())
             doc = merge_results(old, run_suite(settings, json_path=args.json.with_suffix(".partial.json")))
-            args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+            with atomic_path(args.json) as tmp:
+                tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
             args.json.with_suffix(".partial.json").unlink(missing_ok=True)
         else:
             doc = run_suite(settings, json_path=args.json)

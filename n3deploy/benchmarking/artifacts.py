@@ -1,0 +1,70 @@
+"""The model files benchmark rows open, built once and cached across runs.
+
+A row opens the random-weight model of the run's preset and seed as an n3deploy checkpoint or as an
+exported ONNX graph (FP32 or the FP16 plan). Files are keyed by preset, seed, kind, schema and a
+digest of the code they depend on (model, KNN, export), so a cached file is never reused after
+that code changed. They are written by a worker process (:mod:`.worker`, task ``export``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .rows import get_row
+from .settings import SCHEMA_VERSION, BenchSettings, RowInfo
+from .worker import run_worker
+
+__all__ = ["artifact_path", "build_artifacts", "ARTIFACT_KINDS"]
+
+ARTIFACT_KINDS = ("checkpoint", "onnx-fp32", "onnx-fp16")
+
+
+def _source_digest() -> str:
+    root = Path(__file__).resolve().parents[1]
+    files = sorted([root / "config.py", root / "model.py", root / "checkpoint.py", *(root / "knn").glob("*.py"),
+                    *(root / "export").glob("*.py")])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def artifact_path(settings: BenchSettings, kind: str) -> Path:
+    """Where the cached file of ``kind`` (one of :data:`ARTIFACT_KINDS`) for ``settings`` lives."""
+    if kind not in ARTIFACT_KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}; choose from {ARTIFACT_KINDS}")
+    key = hashlib.sha256(
+        json.dumps([settings.preset, settings.seed, kind, SCHEMA_VERSION, _source_digest()]).encode()
+    ).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "n3deploy-bench-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".safetensors" if kind == "checkpoint" else ".onnx"
+    return folder / f"n3net-{settings.preset}-{kind}-{key}{suffix}"
+
+
+def build_artifacts(settings: BenchSettings, infos: list[RowInfo], log: Callable[[str], None]) -> dict[str, str]:
+    """Build (or reuse) every file the available rows open: ``{kind: path}``.
+
+    A file that cannot be built marks the rows that need it unavailable, with the reason.
+    """
+    files: dict[str, str] = {}
+    for info in infos:
+        kind = get_row(info.name).opens
+        if not info.available or kind in files:
+            continue
+        path = artifact_path(settings, kind)
+        if not path.exists():
+            log(f"building {path.name}")
+            res = run_worker({"task": "export", "kind": kind, "preset": settings.preset, "seed": settings.seed,
+                              "path": str(path), "threads": settings.resolved_threads()}, settings.job_timeout_s)
+            if not res["ok"] or not path.exists():
+                for other in infos:
+                    if get_row(other.name).opens == kind:
+                        other.available, other.reason = False, f"building its {kind} file failed: {res.get('error')}"
+                continue
+        files[kind] = str(path)
+    return files
