@@ -154,7 +154,8 @@ def cpu_bf16_support() -> dict[str, Any]:
 
     core = ov.Core()
     caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    default = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    hint = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
+    default = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     return {"bf16": "BF16" in caps, "default_precision": default, "capabilities": caps}
 
 
