@@ -94,10 +94,18 @@ def repair_stub_source(text: str, max_fixes: int = 200) -> str:
     raise RuntimeError("too many syntax errors in the TensorRT stubs")
 
 
+def _recipe() -> str:
+    """What the environment was made by: the requirement and this file's digest (a change rebuilds it)."""
+    import hashlib
+
+    return f"{STUBS_REQUIREMENT} {hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]}\n"
+
+
 def ensure_stubs_env() -> Path:
-    """Create (once) and return the stubs environment's Python."""
+    """Create (once per recipe) and return the stubs environment's Python."""
     python = stubs_python()
-    if (STUBS_ENV / _DONE).is_file():
+    done = STUBS_ENV / _DONE
+    if done.is_file() and done.read_text() == _recipe():
         return python
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(STUBS_ENV)], check=True)
@@ -110,7 +118,7 @@ def ensure_stubs_env() -> Path:
         for stub in folder.glob("*.pyi"):
             stub.write_text(repair_stub_source(stub.read_text()))
     (site / "n3deploy-project-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    (STUBS_ENV / _DONE).write_text(STUBS_REQUIREMENT + "\n")
+    done.write_text(_recipe())
     return python
 
 
