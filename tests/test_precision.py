@@ -115,3 +115,32 @@ def test_fp16_plan_on_cuda_matches_fp32_within_the_fp16_tolerance(tiny_model, ph
         assert np.isfinite(b).all() and 0 < np.abs(a - b).max() <= 5e-3
         deltas.append(psnr(clean, b[0]) - psnr(clean, a[0]))
     assert abs(np.mean(deltas)) <= 0.02
+
+
+def test_torch_bf16_plan_runs_on_cpu_close_to_fp32_with_fp32_knn(tiny_checkpoint, tiny_model, photos):
+    from n3deploy.precision import mixed_bf16
+
+    plan = mixed_bf16(tiny_model)
+    dtypes = parameter_dtypes(plan)
+    assert dtypes["blocks.0.conv1.weight"] == dtypes["nls.1.embedcnn.0.weight"] == torch.bfloat16
+    assert _fp32_modules(plan) == {f"{s}.distance_bn" for s in fp32_scopes(plan)}  # the KNN keeps FP32
+    fp32 = load_backend(tiny_checkpoint, "torch")
+    bf16 = load_backend(tiny_checkpoint, "torch", precision="bf16", device="cpu")
+    assert bf16.precision == "bf16" and "BF16 plan" in bf16.providers[0]
+    deltas = []
+    for i, (_, clean) in enumerate(photos):
+        noisy = add_noise(clean, 25.0, image_rng(0, i))[None]
+        a, b = fp32.run(noisy), bf16.run(noisy)
+        assert b.dtype == np.float32 and np.isfinite(b).all()
+        assert 0 < np.abs(a - b).max() <= 2e-2  # BF16 keeps 8 mantissa bits: visible, and small
+        deltas.append(psnr(clean, b[0]) - psnr(clean, a[0]))
+    assert abs(np.mean(deltas)) <= 0.05
+
+
+def test_precision_vocabulary_is_one_list():
+    from n3deploy.backends import BACKENDS
+    from n3deploy.precision import PRECISIONS, normalize_precision
+
+    assert PRECISIONS == ("fp32", "fp16", "bf16", "fp64")
+    assert normalize_precision("mixed-fp16") == "fp16"  # graphs of earlier versions
+    assert all(set(spec.precisions) <= set(PRECISIONS) for spec in BACKENDS.values())
