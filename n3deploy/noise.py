@@ -47,6 +47,7 @@ MAX_PATCHES = 40_000  #: patches per channel above which patch origins are subsa
 _CONFIDENCE = 1.0 - 1e-6
 _ITERATIONS = 3
 _MARGIN = 2.5  # patches whose mean is within this many sigma of a bound are left out
+_MIN_PATCHES = 500  # fewer valid patches than this: the saturation rule is relaxed
 _MAX_SATURATED = 6  # patches with more saturated pixels (of 49) are left out
 _MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -138,10 +139,16 @@ def _box_sum(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _eigenvalues(patches: np.ndarray) -> np.ndarray:
-    """Eigenvalues (descending) of the covariance of ``N x P*P`` patches."""
-    centred = (patches - patches.mean(axis=0)).astype(np.float32)
+    """Eigenvalues (descending) of the covariance of ``N x P*P`` patches, less each patch's mean.
+
+    Patches are selected by their mean (the clipping margin), which would shrink the variance
+    along the constant direction; each patch's own mean is removed instead and that direction
+    (eigenvalue ~0) is dropped, leaving ``P*P - 1`` eigenvalues where white noise has σ² each.
+    """
+    centred = patches - patches.mean(axis=1, keepdims=True)
+    centred = (centred - centred.mean(axis=0)).astype(np.float32)
     cov = (centred.T @ centred).astype(np.float64) / max(len(patches) - 1, 1)
-    return np.sort(np.linalg.eigvalsh(cov))[::-1]
+    return np.sort(np.linalg.eigvalsh(cov))[::-1][:-1]
 
 
 def _noise_variance(eig: np.ndarray) -> float:
@@ -161,7 +168,10 @@ def _estimate_plane(x: np.ndarray) -> float:
     gv = ((x[2:, :] - x[:-2, :]) * 0.5) ** 2  # (H-2) x W
     texture = (_box_sum(gh, p, p - 2) + _box_sum(gv, p - 2, p)).ravel()  # per patch origin
     saturated = ((x <= 0.0) | (x >= 255.0)).astype(np.float64)
-    valid = _box_sum(saturated, p, p).ravel() <= _MAX_SATURATED
+    n_saturated = _box_sum(saturated, p, p).ravel()
+    valid = n_saturated <= _MAX_SATURATED
+    if np.count_nonzero(valid) < _MIN_PATCHES:  # mostly saturated (e.g. binary) images: best effort
+        valid = n_saturated < p * p
     means = (_box_sum(x, p, p) / (p * p)).ravel()
     rows, cols = x.shape[0] - p + 1, x.shape[1] - p + 1
     step = max(1, int(math.ceil(math.sqrt(rows * cols / MAX_PATCHES))))
