@@ -4,7 +4,11 @@ Probes rather than trusts: an ONNX Runtime provider counts as working only if a 
 with it alone still lists it first in ``session.get_providers()`` and computes the right answer
 (onnxruntime-gpu lists CUDA/TensorRT providers on any machine and silently falls back to CPU).
 TensorRT is reported with its version or the reason it cannot be imported; GPUs with name and
-compute capability. Nothing here raises: every probe turns failures into a reason.
+compute capability; the CPU's reduced-precision instructions (AVX512_BF16, VNNI, AMX) and whether
+OpenVINO's CPU plugin would pick BF16 by itself (it then runs the *whole* graph in BF16, the KNN
+included: n3deploy's ``--backend openvino --precision bf16`` keeps the KNN in FP32); and every
+backend of the registry with its availability probe. Nothing here raises: every probe turns
+failures into a reason.
 """
 
 from __future__ import annotations
@@ -22,11 +26,42 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
+from .backends.registry import available_backends
 from .tensorrt.env import GpuInfo, find_trtexec, gpu_info, tensorrt_available
 
-__all__ = ["Probe", "ProviderProbe", "DoctorReport", "run_doctor", "format_report", "probe_onnxruntime_providers", "list_gpus"]
+__all__ = [
+    "Probe", "ProviderProbe", "CpuFeatures", "DoctorReport", "run_doctor", "format_report", "probe_onnxruntime_providers",
+    "list_gpus", "probe_cpu",
+]
 
-_PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "polygraphy", "tensorrt", "cuda-python")
+_PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "polygraphy", "tensorrt", "cuda-python")
+# /proc/cpuinfo flags of the reduced-precision paths: BF16 maths, int8 dot products, AMX tiles
+_CPU_FLAGS = {"avx512_bf16": "AVX512_BF16", "amx_bf16": "AMX_BF16", "amx_tile": "AMX_TILE", "amx_int8": "AMX_INT8",
+              "avx512_vnni": "AVX512_VNNI", "avx_vnni": "AVX_VNNI"}
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU's reduced-precision support: ``flags`` found (``AVX512_BF16``, ``AMX_BF16``,
+    ``AVX512_VNNI``, ...), and OpenVINO's view: ``openvino_bf16`` (native BF16 kernels) and
+    ``openvino_default`` (the precision its CPU plugin picks when not told; ``None`` without OpenVINO)."""
+
+    model: str
+    flags: tuple[str, ...]
+    openvino_bf16: Optional[bool]
+    openvino_default: Optional[str]
+
+    @property
+    def bf16(self) -> bool:
+        return any(f in self.flags for f in ("AVX512_BF16", "AMX_BF16"))
+
+    @property
+    def vnni(self) -> bool:
+        return any(f in self.flags for f in ("AVX512_VNNI", "AVX_VNNI", "AMX_INT8"))
+
+    @property
+    def amx(self) -> bool:
+        return any(f.startswith("AMX") for f in self.flags)
 
 
 @dataclass(frozen=True)
@@ -63,6 +98,8 @@ class DoctorReport:
     tensorrt: Probe
     trtexec: Probe
     cuda_buffers: Probe
+    cpu: Optional[CpuFeatures] = None
+    registry: dict[str, Optional[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def backends(self) -> dict[str, bool]:
@@ -74,6 +111,7 @@ class DoctorReport:
             "onnxruntime (TensorRT EP)": "TensorrtExecutionProvider" in works,
             "tensorrt": self.tensorrt.ok and bool(self.gpus) and self.cuda_buffers.ok,
             "torch (CUDA)": self.torch.ok and "CUDA" in self.torch.detail and "no CUDA" not in self.torch.detail,
+            "openvino (CPU, BF16 plan)": self.registry.get("openvino", "missing") is None and bool(self.cpu and self.cpu.openvino_bf16),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,6 +230,33 @@ def probe_onnxruntime_providers() -> tuple[Probe, list[ProviderProbe]]:
     return Probe("onnxruntime", True, f"onnxruntime {ort.__version__}, device {ort.get_device()}"), results
 
 
+def probe_cpu() -> CpuFeatures:
+    """The CPU model and reduced-precision flags (Linux ``/proc/cpuinfo``) plus OpenVINO's CPU view."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    ov_bf16: Optional[bool] = None
+    ov_default: Optional[str] = None
+    try:
+        from .backends.openvino_backend import cpu_bf16_support  # noqa: PLC0415
+
+        support = cpu_bf16_support()
+        ov_bf16, ov_default = bool(support["bf16"]), str(support["default_precision"])
+    except Exception:  # noqa: BLE001 - OpenVINO missing or failing: reported as unknown
+        pass
+    found = tuple(name for flag, name in _CPU_FLAGS.items() if flag in flags)
+    return CpuFeatures(model=model, flags=found, openvino_bf16=ov_bf16, openvino_default=ov_default)
+
+
 def _probe_cuda_buffers() -> Probe:
     try:
         import torch  # noqa: PLC0415
@@ -244,6 +309,8 @@ def run_doctor(*, probe_providers: bool = True) -> DoctorReport:
         trtexec=Probe("trtexec", trtexec is not None,
                       trtexec or "not found (it ships with NVIDIA's TensorRT tarball/container, not pip; see docs/tensorrt.md)"),
         cuda_buffers=_probe_cuda_buffers(),
+        cpu=probe_cpu(),
+        registry=available_backends(),
         notes=notes,
     )
 
@@ -265,6 +332,19 @@ def format_report(report: DoctorReport) -> str:
     if report.providers:
         lines += ["", "ONNX Runtime providers (each tried with a real session):"]
         lines += [f"  {mark[p.works]}{p.provider:<28} {p.detail}" for p in report.providers]
+    cpu = report.cpu
+    if cpu is not None:
+        yes = {True: "yes", False: "no"}
+        lines += ["", f"CPU: {cpu.model}", f"  BF16 {yes[cpu.bf16]}, VNNI {yes[cpu.vnni]}, AMX {yes[cpu.amx]}"
+                  f" ({', '.join(cpu.flags) or 'no reduced-precision flags'})"]
+        if cpu.openvino_default is None:
+            lines.append("  OpenVINO: not installed (pip install 'n3deploy[openvino]')")
+        else:
+            lines.append(f"  OpenVINO CPU plugin: native BF16 {yes[bool(cpu.openvino_bf16)]}, picks {cpu.openvino_default} by default"
+                         + (" (for the whole graph, KNN included: use --backend openvino --precision bf16 for the plan)"
+                            if cpu.openvino_default == "bf16" else ""))
+    lines += ["", "backend registry (load_backend / --backend):"]
+    lines += [f"  {mark[reason is None]}{name:<14} {reason or 'available'}" for name, reason in report.registry.items()]
     lines += ["", "backends usable here:"]
     lines += [f"  {mark[ok]}{name}" for name, ok in report.backends().items()]
     for note in report.notes:

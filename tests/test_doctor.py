@@ -57,3 +57,21 @@ def test_node_placement_is_read_from_the_onnxruntime_profile(tmp_path):
         {"cat": "Node", "name": "Conv_1_kernel_time", "args": {"provider": "CUDAExecutionProvider"}},
     ]))
     assert _nodes_ran_on(str(profile)) == {"CPUExecutionProvider", "CUDAExecutionProvider"}
+
+
+def test_cpu_precision_support_and_the_registry_are_reported(report):
+    from pathlib import Path
+
+    from n3deploy.backends import BACKENDS, available_backends
+
+    assert set(report.registry) == set(BACKENDS) and report.registry == available_backends()
+    cpu = report.cpu
+    assert cpu is not None and cpu.model
+    if Path("/proc/cpuinfo").exists():
+        flags = Path("/proc/cpuinfo").read_text().split()
+        assert cpu.bf16 == ("avx512_bf16" in flags or "amx_bf16" in flags)
+        assert cpu.vnni == any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    text = format_report(report)
+    assert "BF16 " in text and "VNNI " in text and "AMX " in text and "backend registry" in text
+    if cpu.openvino_default is not None:
+        assert f"picks {cpu.openvino_default} by default" in text
