@@ -88,9 +88,9 @@ def start_server(model: Path, log: Path, *extra: str) -> ServerProcess:
 
 
 def shared_server(model: Path, log_dir: Path) -> ServerProcess:
-    """The session's server (started on first use)."""
+    """The session's server (started on first use, and again if a test stopped it)."""
     global _SERVER
-    if _SERVER is None:
+    if _SERVER is None or _SERVER.stop_s is not None:  # (re)start: test_serve's last test stops it
         _SERVER = start_server(model, log_dir / "serve.log", "--max-batch", "8", "--batch-wait-ms", "5", "--max-pixels", "250000")
     return _SERVER
 
