@@ -172,3 +172,48 @@ def test_sessions_free_buffers_that_only_a_later_same_shaped_block_could_reuse()
     ours, with_reuse = _probe_growth_mb("ours"), _probe_growth_mb("reuse")
     assert with_reuse > 100  # the problem is real in this ONNX Runtime ...
     assert ours < 60 and ours < with_reuse / 3  # ... and our sessions do not have it
+
+
+def test_registry_is_the_one_table_of_backends(tiny_onnx, tiny_checkpoint):
+    from n3deploy.backends import BACKENDS, available_backends, get_backend
+    from n3deploy.commands.inspect import format_backends
+
+    assert list(BACKENDS)[:4] == ["torch", "onnxruntime", "openvino", "tensorrt"]
+    assert backend_for_path(tiny_onnx.path) == "onnxruntime" and backend_for_path(tiny_checkpoint) == "torch"
+    assert get_backend("openvino").accepts("m.onnx") and not get_backend("openvino").accepts("m.plan")
+    assert set(available_backends()) == set(BACKENDS)
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'nope'"):
+        load_backend(tiny_onnx.path, "nope")
+    with pytest.raises(BackendUnavailableError, match="precision 'bf16' for the onnxruntime backend"):
+        load_backend(tiny_onnx.path, "onnxruntime", precision="bf16")
+    with pytest.raises(BackendUnavailableError, match="runs on cpu"):
+        load_backend(tiny_onnx.path, "openvino", device="cuda")
+    with pytest.raises(ModelFileError, match="runs in fp32, not fp16"):
+        load_backend(tiny_onnx.path, "onnxruntime", precision="fp16")  # a graph carries its precision
+    listing = format_backends(tiny_onnx.path)
+    assert "onnxruntime" in listing and "openvino" in listing and "torch" not in listing
+
+
+def test_every_backend_validates_in_the_base_class():
+    """``run`` is the base class's (validation, then ``run_impl``) for every backend, TensorRT included."""
+    from n3deploy.backends.base import Backend
+    from n3deploy.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from n3deploy.backends.openvino_backend import OpenVINOBackend
+    from n3deploy.backends.tensorrt_backend import TensorRTBackend
+
+    for cls in (TorchBackend, OnnxRuntimeBackend, OpenVINOBackend, TensorRTBackend):
+        assert cls.run is Backend.run and cls.run_impl is not Backend.run_impl, cls
+
+    class Recorder(Backend):
+        name, calls = "recorder", 0
+        precision = "fp32"
+        input_shape_limits = InputShapeLimits(channels=1)
+
+        def run_impl(self, x):
+            Recorder.calls += 1
+            return x
+
+    for bad in (np.full((1, 1, 8, 8), np.nan, np.float32), np.zeros((0, 1, 8, 8), np.float32), np.zeros((1, 1, 1, 8, 8), np.float32)):
+        with pytest.raises(InvalidImageError):
+            Recorder().run(bad)
+    assert Recorder.calls == 0 and Recorder().run(np.zeros((1, 1, 8, 8), np.float32)).shape == (1, 1, 8, 8)

@@ -9,7 +9,8 @@ DESCRIPTION = """\
 Print what an ONNX graph contains and whether TensorRT can build it: inputs/outputs, n3deploy
 metadata (config, sigma, version, input spec), op histogram, the precision (fp16/fp32) of each
 part of the network, and the largest tensors at the maximum input size (TensorRT needs fewer
-than 2^31 elements per tensor). Exits with 1 when the audit fails.
+than 2^31 elements per tensor), and which registered backends open the file, at which precisions,
+and whether each can run on this machine. Exits with 1 when the audit fails.
 
 With --images, an FP16 graph is also run (ONNX Runtime, CPU) on those images with Gaussian noise
 of --sigma, and the largest magnitude of every FP16 tensor is reported against FP16's limit 65504
@@ -43,10 +44,24 @@ def run(args: argparse.Namespace) -> int:
 
     report = audit_model(args.model, max_height=args.max_height, max_width=args.max_width)
     print(report.format(top=args.top))
+    print(format_backends(args.model))
     ok = report.ok
     if args.images is not None:
         ok = _headroom(args, report) and ok
     return 0 if ok else 1
+
+
+def format_backends(model: Path) -> str:
+    """The registry's backends that open ``model``: precisions, and availability here (or why not)."""
+    from ..backends import BACKENDS
+
+    lines = ["backends that open this file (n3deploy --backend NAME --precision P):"]
+    for name, spec in BACKENDS.items():
+        if spec.accepts(model):
+            reason = spec.probe()
+            state = "available here" if reason is None else f"not here: {reason}"
+            lines.append(f"  {name:<12} {'/'.join(spec.precisions):<20} {'/'.join(spec.devices):<20} {state}")
+    return "\n".join(lines)
 
 
 def _headroom(args: argparse.Namespace, report) -> bool:
