@@ -37,7 +37,7 @@ def probe_rows(names: tuple[str, ...] = tuple(ROWS)) -> list[RowInfo]:
     for name in names:
         row = get_row(name)
         reason = reasons.get(row.backend, f"backend {row.backend!r} is not registered") or ""
-        if not reason and row.device == "cuda" and row.backend != "tensorrt":  # tensorrt's probe checks the GPU
+        if not reason and row.device == "cuda" and row.backend == "torch":  # the others' checks name the GPU runtime
             reason = _cuda_reason()
         if not reason and row.backend == "onnxruntime":
             if providers is None:
