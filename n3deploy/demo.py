@@ -141,7 +141,7 @@ def run_demo(
             row.status = str(exc).splitlines()[0]
             report.rows.append(row)
             continue
-        with console.status(f"denoising with {label} ..."):
+        with console.status(escape(f"denoising with {label} ...")):
             denoiser.denoise(noisy)  # warm-up (session/engine set-up, allocator)
             times = []
             for _ in range(repeats):
