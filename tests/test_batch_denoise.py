@@ -223,3 +223,17 @@ def test_a_killed_driver_resumes_on_rerun(ray_cluster, tmp_path):
     assert _denoise_cli(str(src), "-o", str(local)) == 0
     _assert_same_images(local, out, [f"img_{i:02d}.png" for i in range(n)])
     assert not list(out.glob(".*.tmp"))
+
+
+def test_ray_batch_scenario_quick_smoke():
+    from n3deploy.benchmarking.ray_batch import render, run
+    from n3deploy.benchmarking.scenarios import ScenarioOptions, get_scenario
+
+    assert get_scenario("ray_batch").run is run
+    results = run(ScenarioOptions(quick=True, max_job_s=240))
+    jobs = {(j["engine"], j["workers"]): j for j in results["jobs"]}
+    assert set(jobs) == {("local", 0), ("ray", 1)}
+    for job in jobs.values():
+        assert "error" not in job and job["images"] == 4 and job["images_per_s"] > 0 and job["driver_peak_rss_mb"] > 0
+    assert jobs[("ray", 1)]["worker_peak_rss_mb"] > 0 and results["cluster_start_s"] > 0
+    assert render(results).startswith("## Batch denoising")
