@@ -136,3 +136,18 @@ def test_estimate_is_cheap_next_to_denoising(tiny_sigma25):
 
     estimate, denoise = best_of_3(estimate_noise), best_of_3(tiny_sigma25.denoise)
     assert estimate < 0.25 * denoise, (estimate, denoise)  # measured ~5% (2 shared cores)
+
+
+def test_denoise_report_records_carry_the_estimate(tiny_sigma25, tmp_path):
+    import json
+
+    from n3deploy.batch.job import FileTask, process_file
+    from n3deploy.imageio import write_image
+
+    src = tmp_path / "in.png"
+    write_image(src, _noisy(PHOTOS["coins"][:64, :64], 25, 0))
+    record = process_file(Denoiser(tiny_sigma25._backend), FileTask(str(src), str(tmp_path / "out.png")))
+    assert record.status == "done"
+    assert record.sigma_estimate == pytest.approx(estimate_noise(_noisy(PHOTOS["coins"][:64, :64], 25, 0)), abs=0.01)
+    assert abs(record.sigma_estimate - 25) < 4
+    assert json.loads(record.to_json())["sigma_estimate"] == record.sigma_estimate

@@ -98,6 +98,7 @@ class FileRecord:
     pid: int = 0
     peak_rss_mb: float = 0.0  # peak resident memory of that process so far
     finished_at: float = 0.0  # unix time
+    sigma_estimate: Optional[float] = None  # the input's noise level, 0-255 scale (n3deploy.estimate_noise)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)
@@ -242,9 +243,10 @@ def process_file(denoiser: Any, task: FileTask, engine: str = "") -> FileRecord:
     from ..imageio import read_image, write_image
 
     t0 = time.perf_counter()
-    status, error = "done", None
+    status, error, sigma_estimate = "done", None, None
     try:
         image = read_image(task.input)
+        sigma_estimate = _sigma_estimate(image)
         write_image(task.output, denoiser.denoise(image))
     except Exception as exc:  # one bad file never stops the job: it is reported with its reason
         status = "failed"
@@ -252,8 +254,18 @@ def process_file(denoiser: Any, task: FileTask, engine: str = "") -> FileRecord:
     return FileRecord(
         task.input, task.output, status, error=error, seconds=round(time.perf_counter() - t0, 4), engine=engine,
         worker=f"{socket.gethostname()}:{os.getpid()}", pid=os.getpid(), peak_rss_mb=round(_peak_rss_mb(), 1),
-        finished_at=time.time(),
+        finished_at=time.time(), sigma_estimate=sigma_estimate,
     )
+
+
+def _sigma_estimate(image: Any) -> Optional[float]:
+    """The image's estimated noise sigma (0-255 scale), ``None`` when it cannot be estimated."""
+    from ..noise import estimate_noise
+
+    try:
+        return round(estimate_noise(image), 2)
+    except InvalidImageError:
+        return None
 
 
 # ------------------------------------------------------------------ the job
