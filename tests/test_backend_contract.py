@@ -48,11 +48,28 @@ def _plan_source(request: pytest.FixtureRequest) -> tuple[Any, dict[str, Any]]:
     return request.getfixturevalue("tiny_onnx").path, {}  # the tensorrt backend builds a cached engine
 
 
+@pytest.fixture(scope="session")
+def remote_server_url(tiny_onnx, tmp_path_factory):
+    """``n3deploy serve`` of the tiny graph on 127.0.0.1 (the session's shared server, tests/serve_helpers.py)."""
+    pytest.importorskip("ray.serve")
+    pytest.importorskip("tritonclient.http")
+    from serve_helpers import shared_server, stop_shared_server
+
+    server = shared_server(tiny_onnx.path, tmp_path_factory.mktemp("serve"))
+    yield server.url
+    stop_shared_server()
+
+
+def _served(request: pytest.FixtureRequest) -> tuple[Any, dict[str, Any]]:
+    return request.getfixturevalue("remote_server_url"), {"model_name": "n3net"}
+
+
 MODEL_FACTORIES: dict[str, ModelFactory] = {
     "torch": ModelFactory(_checkpoint, (None, "bf16", "fp64")),
     "onnxruntime": ModelFactory(_onnx),
     "openvino": ModelFactory(_onnx, ("fp32", "bf16")),
     "tensorrt": ModelFactory(_plan_source),
+    "remote": ModelFactory(_served),
 }
 
 
