@@ -151,3 +151,20 @@ def test_denoise_report_records_carry_the_estimate(tiny_sigma25, tmp_path):
     assert record.sigma_estimate == pytest.approx(estimate_noise(_noisy(PHOTOS["coins"][:64, :64], 25, 0)), abs=0.01)
     assert abs(record.sigma_estimate - 25) < 4
     assert json.loads(record.to_json())["sigma_estimate"] == record.sigma_estimate
+
+
+def test_inspect_images_prints_each_estimate_and_marks_far_ones(tmp_path, capsys):
+    from n3deploy.cli import main
+    from n3deploy.commands.inspect import format_noise_estimates
+    from n3deploy.imageio import write_image
+
+    photo = PHOTOS["coins"][:96, :96]
+    for sigma in (5, 25, 50):
+        write_image(tmp_path / f"s{sigma:02d}.png", _noisy(photo, sigma, 0))
+    assert main(["inspect", "--images", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    readings = {ln.split()[0]: float(ln.split()[1]) for ln in lines[1:]}
+    assert readings == pytest.approx({"s05.png": 5, "s25.png": 25, "s50.png": 50}, abs=3)
+    table = format_noise_estimates(tmp_path, 25.0)  # what `inspect MODEL.onnx --images` adds
+    marked = [ln.split()[0] for ln in table.splitlines()[1:] if "far: use the blind model" in ln]
+    assert marked == ["s05.png", "s50.png"]
