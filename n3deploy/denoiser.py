@@ -24,7 +24,7 @@ import numpy as np
 
 from .config import N3NetConfig
 from .errors import InvalidImageError
-from .tiling import TilePlan, run_tiled
+from .tiling import TilePlan, run_tiled_many
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -64,6 +64,11 @@ class Denoiser:
         precision: ``None`` keeps FP32 (or the precision a graph/engine was built in); ``fp16`` /
             ``bf16`` ask for the reduced-precision plan where the backend offers it (e.g.
             ``backend="openvino", precision="bf16"`` on CPUs with AVX512_BF16/AMX), ``fp64`` for torch.
+        batch_tiles: at most this many same-size tiles (of one image or of a list of images; a
+            grayscale model's RGB planes count one each) go to the backend as one ``N x C x h x w``
+            batch. Needs a graph with a dynamic batch axis (``n3deploy export --batch dynamic``),
+            a checkpoint or a server; a fixed-batch graph gets exactly its batch per call. Results
+            equal ``batch_tiles=1`` up to float rounding; memory grows with the batch.
         backend_opts: passed to the backend (e.g. ``threads=2`` for onnxruntime / openvino).
 
     A model trained for one sigma warns once per ``Denoiser`` (:class:`~n3deploy.errors.NoiseLevelWarning`)
@@ -79,6 +84,7 @@ class Denoiser:
         overlap: int | None = None,
         device: str | None = None,
         precision: str | None = None,
+        batch_tiles: int = 1,
         **backend_opts: Any,
     ) -> None:
         from .backends import load_backend
@@ -107,6 +113,9 @@ class Denoiser:
         self._noise_warned = self.sigma is None  # blind models: nothing to compare the estimate with
         self._lock = threading.Lock() if self.backend == "tensorrt" else None
         self.plan = self._tile_plan(tile, overlap)
+        if int(batch_tiles) < 1:
+            raise ValueError(f"batch_tiles must be >= 1, got {batch_tiles}")
+        self.batch_tiles = int(batch_tiles)
 
     @property
     def backend(self) -> str:
@@ -146,12 +155,15 @@ class Denoiser:
         :class:`~n3deploy.errors.InvalidImageError` (a ``ValueError``) on unusable input.
         """
         if isinstance(image, (list, tuple)):
-            return [self.denoise(im) for im in image]
+            for im in image:
+                if not isinstance(im, np.ndarray):
+                    raise InvalidImageError(f"expected a numpy array or a list of them, got {type(im).__name__}")
+            return self._denoise_many(list(image))
         if not isinstance(image, np.ndarray):
             raise InvalidImageError(f"expected a numpy array or a list of them, got {type(image).__name__}")
         if image.ndim == 4 or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
-            return np.stack([self._denoise_one(im) for im in image]) if len(image) else self._reject_empty(image)
-        return self._denoise_one(image)
+            return np.stack(self._denoise_many(list(image))) if len(image) else self._reject_empty(image)
+        return self._denoise_many([image])[0]
 
     __call__ = denoise
 
@@ -160,7 +172,15 @@ class Denoiser:
     def _reject_empty(image: np.ndarray):
         raise InvalidImageError(f"empty image of shape {image.shape}")
 
-    def _denoise_one(self, image: np.ndarray) -> np.ndarray:
+    def _denoise_many(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Each image -> its planes as a float32 ``B x C x H x W`` batch; all run together (same-size
+        tiles batched, see :func:`~n3deploy.tiling.run_tiled_many`); each converted back."""
+        prepared = [self._prepare(im) for im in images]
+        outs = self._run([batch for batch, _ in prepared])
+        return [self._finish(out, image, alpha) for out, (_, alpha), image in zip(outs, prepared, images)]
+
+    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, "np.ndarray | None"]:
+        """Validate one ``H x W (x C)`` image: ``(float32 B x C x H x W batch, alpha plane or None)``."""
         if image.ndim not in (2, 3):
             raise InvalidImageError(f"expected H x W or H x W x C, got an array of shape {image.shape}")
         if image.size == 0:
@@ -195,7 +215,12 @@ class Denoiser:
             raise InvalidImageError(
                 f"this model denoises {self.channels}-channel images; got {planes.shape[0]} channel(s)"
             )
-        out = self._run(np.ascontiguousarray(batch, dtype=np.float32))
+        return np.ascontiguousarray(batch, dtype=np.float32), alpha
+
+    @staticmethod
+    def _finish(out: np.ndarray, image: np.ndarray, alpha: "np.ndarray | None") -> np.ndarray:
+        """The denoised ``B x C x H x W`` batch back in ``image``'s layout and dtype."""
+        dtype = image.dtype
         out = out.reshape(-1, *out.shape[-2:])  # C x H x W
         if alpha is not None:
             out = np.concatenate([out, alpha[None]], axis=0)
@@ -227,18 +252,17 @@ class Denoiser:
                     f"this model was trained for sigma={float(self.sigma):g}, but the image's estimated noise is "
                     f"sigma~{estimate:.1f} (n3deploy.estimate_noise): it will over-smooth or leave noise{hint}"
                 ),
-                stacklevel=4,
+                stacklevel=5,
             )
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        def run(x: np.ndarray) -> np.ndarray:
-            # one sample at a time: graphs and engines may have a fixed batch of 1
-            return np.concatenate([self._backend.run(x[i : i + 1]) for i in range(x.shape[0])])
-
+    def _run(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        # a dynamic batch axis takes up to batch_tiles tiles per call; a fixed one exactly its batch
+        fixed = self._backend.input_shape_limits.batch
+        size, multiple = (self.batch_tiles, 1) if fixed is None else (fixed, fixed)
         if self._lock is None:
-            return run_tiled(run, batch, self.plan)
+            return run_tiled_many(self._backend.run, batches, self.plan, max_batch=size, multiple=multiple)
         with self._lock:
-            return run_tiled(run, batch, self.plan)
+            return run_tiled_many(self._backend.run, batches, self.plan, max_batch=size, multiple=multiple)
 
     def __repr__(self) -> str:
         return f"Denoiser({str(self.model_path)!r}, backend={self.backend!r}, tile={self.plan.tile}, overlap={self.plan.overlap})"

@@ -155,3 +155,25 @@ def test_property_result_or_documented_error(denoiser, image):
         return
     assert isinstance(out, np.ndarray)
     assert out.shape == image.shape and out.dtype == image.dtype
+
+
+def test_batched_tiles_equal_one_tile_at_a_time(tiny_checkpoint):
+    """batch_tiles=4: same-size tiles of a list of mixed-size images (gray and RGB, edge tiles of
+    other sizes) go to the backend together; the results match batch_tiles=1."""
+    rng = np.random.default_rng(11)
+    images = [rng.random(s, dtype=np.float32) for s in [(150, 170), (97, 120, 3), (40, 30), (64, 64)]]
+    one = Denoiser(tiny_checkpoint, backend="torch", tile=64, overlap=16)
+    many = Denoiser(tiny_checkpoint, backend="torch", tile=64, overlap=16, batch_tiles=4)
+    calls = []
+    run = many._backend.run
+    many._backend.run = lambda x: (calls.append(x.shape[0]), run(x))[1]
+    expected, got = one.denoise(images), many.denoise(images)
+    assert max(calls) == 4
+    for a, b in zip(expected, got):
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-6
+    np.testing.assert_allclose(many.denoise(images[1]), expected[1], atol=1e-6)
+
+
+def test_batch_tiles_must_be_positive(tiny_checkpoint):
+    with pytest.raises(ValueError, match="batch_tiles"):
+        Denoiser(tiny_checkpoint, backend="torch", batch_tiles=0)

@@ -170,6 +170,52 @@ def test_export_command_writes_a_batch_2_graph(tiny_checkpoint, tiny_model, tmp_
     assert meta.input_spec.batch == 2 and meta.source["checkpoint"] == "tiny.safetensors"
 
 
+def test_export_command_writes_a_dynamic_batch_graph(tiny_checkpoint, tiny_model, tmp_path, capsys):
+    """--batch dynamic: a symbolic batch axis, audited at --max-batch, right at batch 1 and 3."""
+    out = tmp_path / "bd.onnx"
+    rc = cli_main(["export", "--checkpoint", str(tiny_checkpoint), "-o", str(out), "--height", "40", "--width", "48",
+                   "--batch", "dynamic", "--max-batch", "4", "--quiet"])
+    assert rc == 0
+    dims = [d.dim_param or d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, 40, 48]
+    for b in (1, 3):
+        x = np.random.default_rng(b).random((b, 1, 40, 48), dtype=np.float32)
+        assert np.abs(ort_run(out, x) - torch_run(tiny_model, x)).max() <= 1e-4
+    spec = read_metadata(out).input_spec
+    assert spec.batch is None and spec.max_batch == 4 and spec.max_shape() == (4, 1, 40, 48)
+
+
+def test_export_default_batch_stays_fixed_at_one(tiny_onnx):
+    dims = [d.dim_param or d.dim_value for d in onnx.load(str(tiny_onnx.path)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] == 1 and read_metadata(tiny_onnx.path).input_spec.batch == 1
+
+
+def test_bad_batch_arguments_are_refused(tiny_checkpoint, tmp_path):
+    with pytest.raises(SystemExit):
+        cli_main(["export", "--checkpoint", str(tiny_checkpoint), "-o", str(tmp_path / "x.onnx"), "--batch", "many"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_later_n3_blocks_get_their_own_symbolic_dims():
+    """The lean-graph pass renames dims of tensors made in nls.1 (not nls.0, not graph outputs)."""
+    from n3deploy.export.lean import separate_block_shapes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["height", "width"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["height", "width"])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="nls.0.aggregation/relu"),
+        helper.make_node("Relu", ["a"], ["b"], name="nls.1.aggregation/relu"),
+        helper.make_node("Relu", ["b"], ["y"], name="nls.1/relu"),
+    ]
+    vis = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["height", "width"]) for n in ("a", "b")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], value_info=vis))
+    assert separate_block_shapes(model) == 2
+    assert separate_block_shapes(model) == 0  # idempotent
+    dims = {vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim] for vi in model.graph.value_info}
+    assert dims == {"a": ["height", "width"], "b": ["height@nls.1", "width@nls.1"]}
+    assert [d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim] == ["height", "width"]
+
+
 # --------------------------------------------------------------------------- the paper preset, dynamic
 @pytest.fixture(scope="module")
 def paper_dynamic(tmp_path_factory):

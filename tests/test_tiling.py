@@ -76,3 +76,45 @@ def test_blending_hides_tile_seams_of_a_local_filter():
 def test_bad_plans_are_refused():
     with pytest.raises(ValueError):
         TilePlan(tile=(64, 64), overlap=40)
+
+
+def _local_filter(x: np.ndarray) -> np.ndarray:
+    """A per-sample 3x3 box filter (depends on tile content and edges, like a real denoiser)."""
+    p = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1)], mode="edge")
+    h, w = x.shape[-2:]
+    return sum(p[..., i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_batched_tiles_equal_one_tile_at_a_time(fixed):
+    """Same-size tiles of several images of mixed sizes (edge tiles of other sizes among them)
+    batched up to max_batch give what one tile per call gives; no batch exceeds max_batch."""
+    from n3deploy.tiling import run_tiled_many
+
+    rng = np.random.default_rng(7)
+    images = [rng.random((b, 1, h, w), dtype=np.float32) for b, h, w in [(1, 150, 170), (3, 97, 203), (1, 40, 30), (2, 64, 80)]]
+    plan = TilePlan(tile=(64, 80), overlap=16, min_size=15, fixed=fixed, stride=1 if fixed else 5)
+    one_shapes, many_shapes = [], []
+    single = [run_tiled(recording(_local_filter, one_shapes), x, plan) for x in images]
+    batched = run_tiled_many(recording(_local_filter, many_shapes), images, plan, max_batch=4)
+    assert max(s[0] for s in one_shapes) == 1
+    assert max(s[0] for s in many_shapes) == 4 and len(many_shapes) < len(one_shapes)
+    assert sum(s[0] for s in many_shapes) == len(one_shapes)
+    assert len({s[-2:] for s in many_shapes}) == len({s[-2:] for s in one_shapes})
+    for a, b in zip(single, batched):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1e-6
+
+
+def test_a_fixed_batch_gets_exactly_its_batch():
+    """multiple=k: every call is a multiple of k; the filler samples' results are dropped."""
+    from n3deploy.tiling import run_tiled_many
+
+    rng = np.random.default_rng(3)
+    images = [rng.random((1, 1, 150, 170), dtype=np.float32), rng.random((3, 1, 50, 60), dtype=np.float32)]
+    plan = TilePlan(tile=(64, 80), overlap=16, min_size=15, fixed=True)
+    shapes = []
+    out = run_tiled_many(recording(_local_filter, shapes), images, plan, max_batch=1, multiple=2)
+    assert all(s[0] == 2 for s in shapes)
+    for x, y in zip(images, out):
+        np.testing.assert_allclose(y, run_tiled(_local_filter, x, plan), atol=1e-6)

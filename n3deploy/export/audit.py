@@ -380,7 +380,7 @@ def _max_input_shape(
     if not isinstance(w, int):
         w = max_width or (spec.max_width if spec else None)
     if not isinstance(b, int):
-        b = spec.batch if spec else 1
+        b = (spec.batch or spec.max_batch or 1) if spec else 1
     if h is None or w is None or not isinstance(c, int):
         return None
     return (b, c, int(h), int(w))

@@ -48,13 +48,14 @@ class InputSpec:
     """
 
     name: str
-    batch: int
+    batch: Optional[int]  # None: a symbolic batch axis (``batch``), 1 to ``max_batch`` samples
     channels: int
     height: Optional[int]
     width: Optional[int]
     min_size: int
     max_height: int
     max_width: int
+    max_batch: Optional[int] = None  # the largest batch a dynamic-batch graph was audited for
 
     @property
     def is_dynamic(self) -> bool:
@@ -64,12 +65,15 @@ class InputSpec:
         """The largest ``B x C x H x W`` the graph is declared (and audited) for."""
         h = self.max_height if self.height is None else self.height
         w = self.max_width if self.width is None else self.width
-        return (self.batch, self.channels, h, w)
+        return (self.batch or self.max_batch or 1, self.channels, h, w)
 
     def describe(self) -> str:
         h = "height" if self.height is None else str(self.height)
         w = "width" if self.width is None else str(self.width)
-        text = f"{self.name}: float32[{self.batch}x{self.channels}x{h}x{w}]"
+        b = "batch" if self.batch is None else str(self.batch)
+        text = f"{self.name}: float32[{b}x{self.channels}x{h}x{w}]"
+        if self.batch is None:
+            text += f" (1 <= batch <= {self.max_batch})"
         if self.is_dynamic:
             text += f" ({self.min_size} <= H <= {self.max_height}, {self.min_size} <= W <= {self.max_width})"
         return text

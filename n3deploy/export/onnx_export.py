@@ -11,7 +11,9 @@ Pipeline of :func:`export_onnx` (each stage shown on a progress bar):
    ``Cast`` and rename the symbolic dimensions ``height``/``width``.
 3. **Simplify** with onnxslim (constant folding, dead-code elimination, shape inference).
 4. **FP16** (``fp16=True``): :func:`~n3deploy.export.fp16.convert_to_mixed_fp16` keeps the KNN
-   chain FP32 with explicit Casts; simplified again.
+   chain FP32 with explicit Casts; simplified again. Then each later N3 block's tensors get their
+   own symbolic dim names (:func:`~n3deploy.export.lean.separate_block_shapes`), so ONNX Runtime's
+   default memory reuse cannot hold one block's buffers until the next block.
 5. **Metadata** (:class:`~n3deploy.export.metadata.ExportMetadata`), ``onnx.checker`` full check and
    the TensorRT **audit** at the declared maximum size (:func:`~n3deploy.export.audit.audit_model`);
    any finding raises :class:`~n3deploy.export.audit.GraphAuditError` and nothing is written.
@@ -45,6 +47,7 @@ from .. import __version__
 from ..errors import N3DeployError
 from ..fileio import atomic_path
 from .audit import AuditReport, GraphAuditError, audit_model, tensor_elem_types
+from .lean import separate_block_shapes
 from .metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata, InputSpec, write_metadata
 
 __all__ = [
@@ -63,6 +66,7 @@ __all__ = [
 DEFAULT_OPSET = 18
 DEFAULT_MAX_HEIGHT = 2160
 DEFAULT_MAX_WIDTH = 3840
+DEFAULT_MAX_BATCH = 8
 
 
 class ExportError(N3DeployError, RuntimeError):
@@ -264,7 +268,7 @@ def _check_ranges(ep, dims: dict[str, tuple[int, int]]) -> dict[str, str]:
     placeholder = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs)
     shape = placeholder.meta["val"].shape
     renames = {}
-    for axis, label in ((2, "height"), (3, "width")):
+    for axis, label in ((0, "batch"), (2, "height"), (3, "width")):
         if label not in dims:
             continue
         size = shape[axis]
@@ -275,6 +279,8 @@ def _check_ranges(ep, dims: dict[str, tuple[int, int]]) -> dict[str, str]:
                 "constant, so no dynamic-size graph can be exported"
             )
         lo, hi = dims[label]
+        if label == "batch":
+            lo = max(lo, 2)  # torch.export reports sizes >= 2 (0/1 specialisation); verify runs batch 1
         bounds = ep.range_constraints.get(expr)
         if bounds is not None and (int(bounds.lower) > lo or (bounds.upper.is_finite and int(bounds.upper) < hi)):
             raise ExportError(
@@ -341,7 +347,8 @@ def export_onnx(
     *,
     height: Optional[int] = None,
     width: Optional[int] = None,
-    batch: int = 1,
+    batch: "int | str" = 1,
+    max_batch: int = DEFAULT_MAX_BATCH,
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
     sigma: Optional[float] = None,
@@ -356,7 +363,9 @@ def export_onnx(
     Args:
         height, width: fixed input size; both ``None`` (default) gives symbolic ``height``/``width``
             valid from ``config.min_size`` up to ``max_height`` x ``max_width``.
-        batch: fixed batch size ``B`` of the ``B x C x H x W`` float32 input ``noisy``.
+        batch: fixed batch size ``B`` of the ``B x C x H x W`` float32 input ``noisy``, or
+            ``"dynamic"``: a symbolic ``batch`` axis from 1 to ``max_batch`` (what the 2^31 audit
+            checks, together with the maximum size), so a caller can send several tiles at once.
         opset: ONNX opset of the default domain (>= 18).
         fp16: write the strongly typed mixed-precision graph (FP16 convolutions, FP32 KNN chain,
             FP32 input/output) instead of FP32.
@@ -376,8 +385,12 @@ def export_onnx(
         raise ExportError(f"opset {opset} is too old: n3deploy exports opset >= 18")
     if (height is None) != (width is None):
         raise ExportError("give both --height and --width for a fixed-size graph, or neither for a dynamic one")
-    if batch < 1:
-        raise ExportError(f"batch must be >= 1, got {batch}")
+    dynamic_batch = batch == "dynamic"
+    if not dynamic_batch and (not isinstance(batch, int) or batch < 1):
+        raise ExportError(f"batch must be an integer >= 1 or 'dynamic', got {batch!r}")
+    if dynamic_batch and max_batch < 1:
+        raise ExportError(f"max_batch must be >= 1, got {max_batch}")
+    example_batch = 2 if dynamic_batch else int(batch)
     prepared = _prepare(model)
     cfg = prepared.config
     lo = cfg.min_size
@@ -408,21 +421,29 @@ def export_onnx(
         seconds[name] = time.perf_counter() - seconds[name]
         bar.update(1)
 
-    example = torch.rand(batch, cfg.in_channels, *example_hw, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(example_batch, cfg.in_channels, *example_hw, generator=torch.Generator().manual_seed(0))
     try:
         # 1. capture
         stage("capture")
         dynamic_shapes = None
+        auto = torch.export.Dim.DYNAMIC
+        axes: dict[int, Any] = {}
+        if dynamic_batch:
+            axes[0] = auto(min=1, max=max_batch)
         if dynamic:
-            auto = torch.export.Dim.DYNAMIC
-            dynamic_shapes = {"x": {2: auto(min=lo, max=max_height), 3: auto(min=lo, max=max_width)}}
+            axes.update({2: auto(min=lo, max=max_height), 3: auto(min=lo, max=max_width)})
+        if axes:
+            dynamic_shapes = {"x": axes}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ep = torch.export.export(prepared, (example,), dynamic_shapes=dynamic_shapes, strict=False)
         except Exception as exc:
             raise ExportError(f"torch.export could not capture the model: {type(exc).__name__}: {str(exc)[:2000]}") from exc
-        renames = _check_ranges(ep, {"height": (lo, max_height), "width": (lo, max_width)} if dynamic else {})
+        ranges = {"height": (lo, max_height), "width": (lo, max_width)} if dynamic else {}
+        if dynamic_batch:
+            ranges["batch"] = (1, max_batch)
+        renames = _check_ranges(ep, ranges)
         done("capture")
 
         # 2. translate
@@ -468,12 +489,16 @@ def export_onnx(
             _apply_scopes(onnx_model, {})
             done("fp16")
 
+        # separate the N3 blocks' symbolic shapes: lean under ONNX Runtime's default memory reuse
+        separate_block_shapes(onnx_model)
+
         # 4. metadata, checks, audit
         stage("audit")
         spec = InputSpec(
-            name=INPUT_NAME, batch=batch, channels=cfg.in_channels,
+            name=INPUT_NAME, batch=None if dynamic_batch else int(batch), channels=cfg.in_channels,
             height=None if dynamic else height, width=None if dynamic else width,
             min_size=lo, max_height=max_height, max_width=max_width,
+            max_batch=max_batch if dynamic_batch else None,
         )
         meta = ExportMetadata(
             config=cfg.to_dict(), sigma=None if sigma is None else float(sigma), n3deploy_version=__version__,
@@ -498,7 +523,8 @@ def export_onnx(
                 done("write")
                 stage("verify")
                 sizes = [example_hw] if not dynamic else probe_sizes(lo, max_height, max_width, cfg.stride)
-                shapes = [(batch, cfg.in_channels, h, w) for h, w in sizes]
+                batches = [1, min(3, max_batch)] if dynamic_batch else [int(batch)]
+                shapes = [(b, cfg.in_channels, h, w) for b in batches for h, w in sizes[: len(sizes) if b == batches[0] else 2]]
                 cases = _verify(prepared, tmp, shapes, rel_tol=5e-2 if fp16 else 1e-4)
                 bad = [c for c in cases if not c.ok]
                 if bad:
