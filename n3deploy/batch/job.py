@@ -322,10 +322,16 @@ def run_job(
             record(rec)
         try:
             if tasks:
-                for rec in engine.run(tasks, job.settings):
-                    if pending.pop(rec.input, None) is None:
-                        continue  # a retried file reported twice: keep the first record
-                    record(rec)
+                records = engine.run(tasks, job.settings)
+                try:
+                    for rec in records:
+                        if pending.pop(rec.input, None) is None:
+                            continue  # a retried file reported twice: keep the first record
+                        record(rec)
+                finally:
+                    close = getattr(records, "close", None)
+                    if close is not None:
+                        close()  # let the engine release its workers / cluster now, not at garbage collection
             for task in pending.values():  # never reported: its worker died past every retry
                 record(FileRecord(task.input, task.output, "failed", engine=engine.name, finished_at=time.time(),
                                   error="no result: the worker processing it failed repeatedly"))

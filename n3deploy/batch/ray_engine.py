@@ -28,6 +28,7 @@ tensorrt`` on a cluster with GPUs gets one GPU per actor.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -148,9 +149,9 @@ class RayEngine:
         if self.address is None:
             # address="local": always a new cluster, never one a `ray start` on this machine left running
             ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                     logging_level="warning")
+                     logging_level=logging.WARNING)
         else:
-            ray.init(address=self.address, logging_level="warning")
+            ray.init(address=self.address, logging_level=logging.WARNING)
         self.cluster_start_s = time.perf_counter() - t0
         return True
 
@@ -166,6 +167,13 @@ class RayEngine:
         try:
             resources = ray.cluster_resources()
             backend = _resolved_backend(settings)
+            if self.address is None:  # workers share this machine's environment: fail here, not in every actor
+                from ..backends import get_backend
+                from ..errors import BackendUnavailableError
+
+                reason = get_backend(backend).probe()
+                if reason is not None:
+                    raise BackendUnavailableError(f"the {backend} backend cannot run here: {reason}")
             self.pool = size_pool(resources.get("CPU", 1), resources.get("GPU", 0), backend,
                                   self.workers, self.threads_per_worker)
             settings = replace(settings, threads=settings.threads or self.pool.threads)
@@ -174,7 +182,7 @@ class RayEngine:
             remote_args: dict[str, Any] = {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
             if self.pool.gpus:
                 remote_args["num_gpus"] = self.pool.gpus
-            ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=len(tasks))
+            ds: Any = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=len(tasks))
             with warnings.catch_warnings():
                 # max_restarts / max_task_retries have no named parameter yet: they go as **ray_remote_args
                 warnings.simplefilter("ignore", DeprecationWarning)

@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import DenoiseJob, DenoiseSettings, run_job
+    from ..batch.job import Engine
 
     settings = DenoiseSettings(
         model=None if args.model is None else str(args.model), backend=args.backend, precision=args.precision,
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     )
     job = DenoiseJob(tuple(args.inputs), args.outdir, settings, suffix=args.suffix, overwrite=args.overwrite,
                      report=args.report, progress=not args.no_progress)
+    engine: Engine
     if args.engine == "ray":
         from ..batch.ray_engine import RayEngine
 
