@@ -168,3 +168,12 @@ def test_inspect_images_prints_each_estimate_and_marks_far_ones(tmp_path, capsys
     table = format_noise_estimates(tmp_path, 25.0)  # what `inspect MODEL.onnx --images` adds
     marked = [ln.split()[0] for ln in table.splitlines()[1:] if "far: use the blind model" in ln]
     assert marked == ["s05.png", "s50.png"]
+
+
+def test_gamma_quantile_matches_scipy():
+    from scipy.stats import gamma
+
+    from n3deploy.noise import _gamma_quantile
+
+    for q, shape, scale in [(1 - 1e-6, 17.5, 4.0), (0.5, 3.0, 1.0), (0.99, 0.7, 2.0), (1 - 1e-6, 100.0, 0.5)]:
+        assert _gamma_quantile(q, shape, scale) == pytest.approx(gamma.ppf(q, shape, scale=scale), rel=1e-9)
