@@ -119,6 +119,7 @@ class JobSummary:
     seconds: float = 0.0
     report: Optional[Path] = None
     interrupted: bool = False
+    planned: int = 0  # inputs the job was given (more than ``total`` when interrupted)
     records: list[FileRecord] = field(default_factory=list)
 
     @property
@@ -132,7 +133,7 @@ class JobSummary:
     def line(self, engine: str) -> str:
         state = "interrupted: " if self.interrupted else ""
         return (
-            f"{state}{self.done} denoised, {self.failed} failed, {self.skipped} skipped of {self.total} file(s) "
+            f"{state}{self.done} denoised, {self.failed} failed, {self.skipped} skipped of {max(self.planned, self.total)} file(s) "
             f"in {self.seconds:.1f} s ({self.images_per_s:.2f} images/s, engine {engine}); report: {self.report}"
         )
 
@@ -299,7 +300,7 @@ def run_job(
     tasks, skipped = plan_job(job)
     job.outdir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries([*tasks, FileTask("", str(job.report_path))])  # a killed run's images and report
-    summary = JobSummary(report=job.report_path)
+    summary = JobSummary(report=job.report_path, planned=len(tasks) + len(skipped))
     pending = {t.input: t for t in tasks}
     t0 = time.perf_counter()
     bar = tqdm(total=len(tasks) + len(skipped), desc=f"denoise [{engine.name}]", unit="img", disable=not job.progress,
