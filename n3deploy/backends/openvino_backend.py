@@ -305,9 +305,9 @@ class OpenVINOBackend(Backend):
         for island, compiled, req in zip(self._islands, self._compiled, self._requests()):
             feeds = {name: values[name] for name in island.inputs}
             req.infer(feeds, share_inputs=True)
-            for i, name in enumerate(island.outputs):
-                values[name] = req.get_output_tensor(i).data.copy()
-        return values[self._output_name]
+            for i, name in enumerate(island.outputs):  # views: read by later islands of this call only
+                values[name] = req.get_output_tensor(i).data
+        return values[self._output_name].copy()  # the request reuses its buffer on the next call
 
     def run_impl(self, x: np.ndarray) -> np.ndarray:
         step = self.input_shape_limits.batch or x.shape[0]
