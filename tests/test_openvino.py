@@ -64,7 +64,8 @@ def test_openvinos_own_default_would_run_the_knn_in_bf16(tiny_onnx):
     import openvino as ov
 
     core = ov.Core()
-    assert cpu_bf16_support()["default_precision"] == "bf16"
+    if cpu_bf16_support()["default_precision"] != "bf16":
+        pytest.skip("OpenVINO keeps FP32 by default on this CPU")
     compiled = core.compile_model(core.read_model(str(tiny_onnx.path)), "CPU", {"INFERENCE_NUM_THREADS": 1})
     knn_bf16 = [op for op in compiled.get_runtime_model().get_ops()
                 if _in_knn(op.get_rt_info()["originalLayersNames"].astype(str))
