@@ -92,11 +92,14 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def run_demo(
-    outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, console=None, model_path: Path | None = None
+    outdir: Path, *, size: int = 384, seed: int = 0, repeats: int = 3, console=None, model_path: Path | None = None,
+    backends: tuple[str, ...] | None = None,
 ) -> DemoReport:
     """Run the demo, writing ``demo.onnx``, ``demo_fp16.onnx``, ``side_by_side.png`` and
     ``report.json`` into ``outdir``; returns the report. ``model_path``: an n3deploy checkpoint
-    instead of the shipped default model."""
+    instead of the shipped default model; ``backends``: a subset of the rows (``"torch fp32"``,
+    ``"onnxruntime fp32"``, ``"onnxruntime fp16"``, ``"tensorrt fp16"``; default all). The ONNX
+    graphs are exported only when a selected row opens them."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -120,21 +123,33 @@ def run_demo(
     console.print(f"[bold]n3deploy demo[/]: model {escape(ckpt.name)} (sigma {sigma:g}), photo {clean.shape[1]}x{clean.shape[0]}")
 
     onnx32, onnx16 = outdir / "demo.onnx", outdir / "demo_fp16.onnx"
-    with console.status("exporting ONNX FP32 and mixed FP16 ..."):
-        export_onnx(model, onnx32, sigma=sigma)
-        export_onnx(model, onnx16, sigma=sigma, fp16=True)
-    report.files.update(onnx_fp32=str(onnx32), onnx_fp16=str(onnx16))
-
     candidates: list[tuple[str, Path, str]] = [
         ("torch fp32", ckpt, "torch"),
         ("onnxruntime fp32", onnx32, "onnxruntime"),
         ("onnxruntime fp16", onnx16, "onnxruntime"),
         ("tensorrt fp16", onnx16, "tensorrt"),
     ]
+    if backends is not None:
+        unknown = set(backends) - {label for label, _, _ in candidates}
+        if unknown:
+            raise ValueError(f"unknown demo rows {sorted(unknown)}; choose from {[c[0] for c in candidates]}")
+        candidates = [c for c in candidates if c[0] in backends]
+    from .backends import available_backends
+
+    reasons = available_backends()  # a backend that cannot run here is a row with the reason, no export for it
+    if any(path.suffix == ".onnx" and reasons.get(backend) is None for _, path, backend in candidates):
+        with console.status("exporting ONNX FP32 and mixed FP16 ..."):
+            export_onnx(model, onnx32, sigma=sigma)
+            export_onnx(model, onnx16, sigma=sigma, fp16=True)
+        report.files.update(onnx_fp32=str(onnx32), onnx_fp16=str(onnx16))
     reference = None
     outputs: dict[str, np.ndarray] = {}
     for label, path, backend in candidates:
         row = DemoRow(backend=label, model_file=path.name)
+        if reasons.get(backend) is not None:
+            row.status = f"the {backend} backend cannot run here: {reasons[backend]}"
+            report.rows.append(row)
+            continue
         try:
             denoiser = Denoiser(path, backend=backend)
         except Exception as exc:  # a backend this machine cannot run is a row, not a crash
