@@ -126,16 +126,16 @@ def test_blind_model_never_warns(tiny_model, tmp_path):
 def test_estimate_is_cheap_next_to_denoising(tiny_sigma25):
     noisy = _noisy(PHOTOS["camera"], 25, 0)  # 256 x 256
 
-    def best_of_3(fn) -> float:
+    def best_of_5(fn) -> float:  # CPU time of this process: steadier than wall time on shared cores
         times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
+        for _ in range(5):
+            t0 = time.process_time()
             fn(noisy)
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
         return min(times)
 
-    estimate, denoise = best_of_3(estimate_noise), best_of_3(tiny_sigma25.denoise)
-    assert estimate < 0.25 * denoise, (estimate, denoise)  # measured ~5% (2 shared cores)
+    estimate, denoise = best_of_5(estimate_noise), best_of_5(tiny_sigma25.denoise)
+    assert estimate < 0.3 * denoise, (estimate, denoise)  # measured ~5-10% (2 shared cores)
 
 
 def test_denoise_report_records_carry_the_estimate(tiny_sigma25, tmp_path):
