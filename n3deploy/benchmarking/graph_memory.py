@@ -53,7 +53,7 @@ def _worker(runtime: str, model: str, height: int, width: int, threads: int) -> 
     else:
         from ..backends import load_backend
 
-        opts = {"threads": threads} if threads and runtime in ("onnxruntime", "openvino", "torch") else {}
+        opts: dict[str, Any] = {"threads": threads} if threads and runtime in ("onnxruntime", "openvino", "torch") else {}
         backend = load_backend(model, runtime, **opts)
         channels = backend.input_shape_limits.channels
         infer = backend.run
