@@ -23,8 +23,8 @@ Method (per channel):
 
 Measured on Set12 (uint8, noise clipped to [0, 255]; ``python -m n3deploy.noise --images DIR``
 prints the table, next to scikit-image's wavelet estimate ``skimage.restoration.estimate_sigma``):
-mean absolute error 0.4 / 0.4 / 0.3 / 0.4 at σ = 5 / 15 / 25 / 50 (scikit-image: 1.2 / 0.6 / 0.3 /
-3.5, low by 3.5 at σ = 50 where clipping hides noise) and ~1.3 on clean photos (scikit-image: 2.1);
+mean absolute error 0.4 / 0.4 / 0.4 / 0.4 at σ = 5 / 15 / 25 / 50 (scikit-image: 1.2 / 0.6 / 0.3 /
+3.5, low by 3.5 at σ = 50 where clipping hides noise) and ~1.5 on clean photos (scikit-image: 2.1);
 on 40 BSD400 photos 0.7 / 0.8 / 1.4 at σ = 15 / 25 / 50. Limits: images that are mostly black or
 white (night sky, binary scans) hold too few unclipped patches at high σ and read low; heavy fine
 texture (grass) reads ~2 high at low σ. At most :data:`MAX_PATCHES` patches enter each
