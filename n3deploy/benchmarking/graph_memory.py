@@ -7,7 +7,7 @@ backend and most tools open), next to n3deploy's tuned ONNX Runtime backend
 (``load_backend(graph, "openvino")``, FP32) and PyTorch (the checkpoint, ``load_backend(ckpt, "torch")``).
 
 Every measurement is one child process (``python -m n3deploy.benchmarking.graph_memory --worker``)
-that loads the model, runs one random ``1 x C x H x W`` input and reports ``ru_maxrss`` (peak
+that loads the model, runs one random ``1 x C x H x W`` input and reports its ``VmHWM`` (peak
 resident memory of the whole process, Python and libraries included) and the run's seconds, so no
 measurement inherits another's heap. Paper model at 481x321, 1024x1024, 1920x1080 (``quick``: the
 tiny model at 481x321 only, a smoke run).
@@ -61,7 +61,13 @@ def _worker(runtime: str, model: str, height: int, width: int, threads: int) -> 
     start = time.perf_counter()
     infer(x)
     seconds = time.perf_counter() - start
+    # VmHWM: this process image's own peak (ru_maxrss keeps a larger parent's peak across fork/exec)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    try:
+        with open("/proc/self/status") as status:
+            peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
     return {"peak_rss_bytes": int(peak_kb) * 1024, "seconds": seconds}
 
 
@@ -75,7 +81,10 @@ def measure_peak(runtime: str, model: "str | os.PathLike", height: int, width: i
     """
     cmd = [sys.executable, "-m", "n3deploy.benchmarking.graph_memory", "--worker", runtime, str(model),
            str(height), str(width), str(threads)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # a plain environment: settings a parent set for itself (allocator, threads) must not skew the peak
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env["PYTHONUNBUFFERED"] = "1"
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
