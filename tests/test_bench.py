@@ -172,6 +172,7 @@ def test_pause_resumes_even_when_the_block_raises() -> None:
     import psutil
 
     child = subprocess.Popen(["sleep", "30"])
+    handler_before = signal.getsignal(signal.SIGTERM)  # whatever an earlier test left installed
     try:
         with pytest.raises(RuntimeError):
             with paused(child.pid, log=lambda _msg: None) as was_paused:
@@ -186,7 +187,7 @@ def test_pause_resumes_even_when_the_block_raises() -> None:
             time.sleep(0.01)
         assert _state(child.pid) in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING)
         # the previous signal handlers are back
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) == handler_before
     finally:
         child.kill()
         child.wait()

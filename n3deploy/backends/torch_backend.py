@@ -30,10 +30,17 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, model_path: "str | os.PathLike", device: Optional[str] = None, *, knn: str = "static", precision: str = "fp32"
+        self,
+        model_path: "str | os.PathLike",
+        device: Optional[str] = None,
+        *,
+        knn: str = "static",
+        precision: str = "fp32",
+        threads: Optional[int] = None,
     ) -> None:
+        """``threads``: PyTorch's CPU threads (``torch.set_num_threads``: process-wide, as in PyTorch)."""
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"the torch backend needs PyTorch ({exc}); install n3deploy[torch], or export the model to ONNX "
@@ -41,6 +48,8 @@ class TorchBackend(Backend):
             ) from None
         from ..checkpoint import load_checkpoint
 
+        if threads:
+            torch.set_num_threads(int(threads))
         model = load_checkpoint(model_path, knn=knn)
         self._setup(model, device, precision)
         self.model_path = Path(model_path)

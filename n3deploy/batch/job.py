@@ -207,29 +207,23 @@ def plan_job(job: DenoiseJob) -> tuple[list[FileTask], list[FileRecord]]:
 # ------------------------------------------------------------------ one file
 def make_denoiser(settings: DenoiseSettings):
     """The :class:`~n3deploy.denoiser.Denoiser` every engine uses, with ``settings.threads`` applied."""
-    from ..backends import backend_for_path
+    from ..backends import backend_for_path, is_url
     from ..denoiser import Denoiser
     from ..models import resolve_model
 
     opts: dict[str, Any] = {}
     model: Any = settings.model
-    name = settings.backend
-    if settings.threads:
+    if settings.threads:  # the CPU backends take threads=; a server or a GPU engine does not
+        name = settings.backend
         if name == "auto":
             if model is None:
                 from ..assets import default_model_path
 
                 model = default_model_path()
-            remote = isinstance(model, str) and model.lower().startswith(("http://", "https://"))
-            if not remote:
-                model = resolve_model(model)
-                name = backend_for_path(model)
-        if name in ("onnxruntime", "openvino"):
+            if not is_url(str(model)):
+                name = backend_for_path(resolve_model(model))
+        if name in ("onnxruntime", "openvino", "torch"):
             opts["threads"] = settings.threads
-        elif name == "torch":
-            import torch
-
-            torch.set_num_threads(settings.threads)
     return Denoiser(model, backend=settings.backend, tile=settings.tile, overlap=settings.overlap,
                     precision=settings.precision, **opts)
 
