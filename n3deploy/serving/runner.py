@@ -35,7 +35,8 @@ def start(settings: ServeSettings, after_ray_init: Optional[Callable[[], None]] 
         if settings.address:
             ray.init(address=settings.address, namespace="n3deploy", log_to_driver=False)
         else:
-            ray.init(
+            ray.init(  # address="local": always our own instance, never a cluster already running here
+                address="local",
                 num_cpus=max(os.cpu_count() or 1, settings.replicas * settings.replica_threads),
                 namespace="n3deploy", include_dashboard=False, log_to_driver=False,
             )
