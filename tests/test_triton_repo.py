@@ -15,6 +15,7 @@ pytest.importorskip("tritonclient.grpc")
 onnx = pytest.importorskip("onnx")
 
 from n3deploy.cli import main  # noqa: E402
+from n3deploy.errors import StaticGraphMemoryWarning  # noqa: E402
 from n3deploy.serving.triton_repo import (  # noqa: E402
     RepoOptions, TritonRepoError, onnx_io, read_config, validate_triton_repo, write_triton_repo,
 )
@@ -42,7 +43,8 @@ def dynamic_batch_onnx(tiny_onnx, tmp_path_factory) -> Path:
 
 
 def test_fixed_batch_graph_gives_full_dims_and_no_batching(tiny_onnx, tmp_path):
-    rc = main(["triton-repo", "--onnx", str(tiny_onnx.path), "-o", str(tmp_path / "repo"), "--instances", "2"])
+    with pytest.warns(StaticGraphMemoryWarning, match="no symbolic axis"):  # every axis of tiny_onnx is fixed
+        rc = main(["triton-repo", "--onnx", str(tiny_onnx.path), "-o", str(tmp_path / "repo"), "--instances", "2"])
     assert rc == 0
     config = read_config(tmp_path / "repo" / "n3net" / "config.pbtxt")
     from tritonclient.grpc import model_config_pb2 as pb
@@ -129,3 +131,11 @@ def test_existing_repo_needs_force_and_is_replaced_whole(tiny_onnx, tmp_path):
     write_triton_repo(tiny_onnx.path, out, options=RepoOptions(name="other"), overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["other"]
     assert onnx_io(out / "other" / "1" / "model.onnx").inputs[0].name == "noisy"
+
+
+def test_a_graph_with_a_symbolic_axis_gives_no_memory_warning(dynamic_batch_onnx, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaticGraphMemoryWarning)
+        write_triton_repo(dynamic_batch_onnx, tmp_path / "repo")
