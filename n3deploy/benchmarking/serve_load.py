@@ -133,6 +133,7 @@ class LoadResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    first_error: str = ""  # the first failed request's exception, for the record
 
 
 def _infer(client: Any, x: np.ndarray) -> np.ndarray:
@@ -150,6 +151,7 @@ def _drive(host: str, x: np.ndarray, expected: np.ndarray, clients: int, per_cli
 
     latencies: list[float] = []
     events: list[tuple[float, str]] = []  # (time, "ok" | "error" | "wrong")
+    failures: list[str] = []  # the exception of each failed request
     lock = threading.Lock()
     t_start = time.perf_counter()
 
@@ -162,8 +164,10 @@ def _drive(host: str, x: np.ndarray, expected: np.ndarray, clients: int, per_cli
             try:
                 y = _infer(client, x)
                 outcome = "ok" if np.abs(np.clip(y, 0, 1) - expected).max() <= 1e-4 else "wrong"
-            except Exception:  # noqa: BLE001 - a failed request is a measured outcome
+            except Exception as exc:  # noqa: BLE001 - a failed request is a measured outcome
                 outcome = "error"
+                with lock:
+                    failures.append(f"{type(exc).__name__}: {exc}"[:500])
             t1 = time.perf_counter()
             with lock:
                 events.append((t1 - t_start, outcome))
@@ -175,7 +179,7 @@ def _drive(host: str, x: np.ndarray, expected: np.ndarray, clients: int, per_cli
         th.start()
     for th in threads:
         th.join(timeout=max_s + 300)
-    return {"latencies": latencies, "events": events, "seconds": time.perf_counter() - t_start}
+    return {"latencies": latencies, "events": events, "failures": failures, "seconds": time.perf_counter() - t_start}
 
 
 def _summary(size: str, clients: int, batching: bool, pixels: int, run: dict[str, Any]) -> LoadResult:
@@ -187,6 +191,7 @@ def _summary(size: str, clients: int, batching: bool, pixels: int, run: dict[str
         errors=sum(e == "error" for _, e in run["events"]), wrong=sum(e == "wrong" for _, e in run["events"]),
         seconds=run["seconds"], requests_per_s=n_ok / run["seconds"], mp_per_s=n_ok * pixels / 1e6 / run["seconds"],
         p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99),
+        first_error=(run.get("failures") or [""])[0],
     )
 
 
