@@ -26,8 +26,8 @@ class BackendUnavailableError(N3DeployError, RuntimeError):
 
 
 class StaticGraphMemoryWarning(UserWarning):
-    """A graph with every axis fixed: ONNX Runtime's default memory planner (buffer reuse, which
-    e.g. Triton's onnxruntime backend cannot switch off) keeps ~2.8x more memory for it than for
+    """A graph with every axis fixed: under ONNX Runtime's default memory planner (buffer reuse,
+    which e.g. Triton's onnxruntime backend cannot switch off) it peaks several times higher than
     the same model exported with a symbolic axis (``export --batch dynamic`` or a dynamic size)."""
 
 

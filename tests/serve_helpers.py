@@ -97,3 +97,16 @@ def shared_server(model: Path, log_dir: Path) -> ServerProcess:
 
 def stop_shared_server() -> Optional[float]:
     return None if _SERVER is None else _SERVER.stop()
+
+
+def infer(client, image, model: str = "n3net", binary: bool = True):
+    """One KServe v2 inference of an ``H x W`` float32 image through ``tritonclient.http``: the raw
+    ``H x W`` network output (not clipped; the Denoiser clips to [0, 1]). JSON tensors unless ``binary``."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    x = np.asarray(image, dtype=np.float32)[None, None]
+    inp = httpclient.InferInput("noisy", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = httpclient.InferRequestedOutput("denoised", binary_data=binary)
+    return client.infer(model, [inp], outputs=[out]).as_numpy("denoised")[0, 0]

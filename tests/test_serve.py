@@ -20,6 +20,7 @@ pytest.importorskip("ray.serve")
 httpclient = pytest.importorskip("tritonclient.http")
 
 from serve_helpers import READY_TIMEOUT_S, STOP_TIMEOUT_S, shared_server, stop_shared_server  # noqa: E402
+from serve_helpers import infer as _infer  # noqa: E402
 
 from n3deploy import Denoiser  # noqa: E402
 
@@ -54,14 +55,6 @@ def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, byte
             return r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as err:
         return err.code, err.read(), dict(err.headers)
-
-
-def _infer(client, image: np.ndarray, binary: bool = True) -> np.ndarray:
-    x = image[None, None].astype(np.float32)
-    inp = httpclient.InferInput("noisy", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x, binary_data=binary)
-    out = httpclient.InferRequestedOutput("denoised", binary_data=binary)
-    return client.infer("n3net", [inp], outputs=[out]).as_numpy("denoised")[0, 0]
 
 
 def test_ready_within_bound_and_describes_the_model(server):

@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 httpclient = pytest.importorskip("tritonclient.http")
 
-from serve_helpers import STOP_TIMEOUT_S, start_server  # noqa: E402
+from serve_helpers import STOP_TIMEOUT_S, infer, start_server  # noqa: E402
 
 from n3deploy import Denoiser  # noqa: E402
 
@@ -38,11 +38,7 @@ def test_serve_deploys_onto_an_existing_cluster_and_leaves_it_running(cluster, t
         from skimage import data
 
         image = data.camera()[200:240, 200:256].astype(np.float32) / 255.0
-        x = image[None, None]
-        inp = httpclient.InferInput("noisy", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        out = client.infer(  # the raw network output (the Denoiser clips to [0, 1])
-            "n3net_cluster", [inp]).as_numpy("denoised")[0, 0]
+        out = infer(client, image, model="n3net_cluster")  # the raw output: the Denoiser clips to [0, 1]
         np.testing.assert_allclose(np.clip(out, 0.0, 1.0), Denoiser(tiny_onnx.path).denoise(image), atol=1e-5)
         assert "n3net_cluster" in serve.status().applications  # deployed on *this* cluster
     finally:

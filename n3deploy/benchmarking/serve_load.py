@@ -191,7 +191,7 @@ def _summary(size: str, clients: int, batching: bool, pixels: int, run: dict[str
         errors=sum(e == "error" for _, e in run["events"]), wrong=sum(e == "wrong" for _, e in run["events"]),
         seconds=run["seconds"], requests_per_s=n_ok / run["seconds"], mp_per_s=n_ok * pixels / 1e6 / run["seconds"],
         p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99),
-        first_error=(run.get("failures") or [""])[0],
+        first_error=run["failures"][0] if run["failures"] else "",
     )
 
 
