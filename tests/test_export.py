@@ -218,31 +218,30 @@ def test_later_n3_blocks_get_their_own_symbolic_dims():
 
 # --------------------------------------------------------------------------- the paper preset, dynamic
 @pytest.fixture(scope="module")
-def paper_dynamic(tmp_path_factory):
-    from n3deploy.config import N3NetConfig
-    from n3deploy.model import N3Net
+def paper_dynamic():
+    """The shipped paper model and its dynamic export (the shared export cache, so the OpenVINO and
+    graph-memory tests reuse the same file: the paper preset's symbolic-shape export is slow)."""
+    from n3deploy.checkpoint import load_checkpoint
+    from n3deploy.export.cache import cached_export
+    from n3deploy.models import resolve_model
 
-    torch.manual_seed(7)
-    model = N3Net(N3NetConfig.paper()).eval()
-    path = tmp_path_factory.mktemp("paper") / "paper.onnx"
-    # verify=False here: the test below checks sizes itself (the export's own probe sizes are
-    # covered by the tiny exports); this keeps the slow test bounded.
-    return model, export_onnx(model, path, sigma=25, verify=False, progress=False)
+    return load_checkpoint(resolve_model("paper-sigma25")).eval(), cached_export("paper-sigma25")
 
 
 @pytest.mark.slow
 def test_paper_preset_dynamic_graph_runs_unchanged_at_two_sizes(paper_dynamic):
-    model, result = paper_dynamic
-    graph = onnx.load(str(result.path))
+    model, path = paper_dynamic
+    graph = onnx.load(str(path))
     dims = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 1, "height", "width"]
     rng = np.random.default_rng(0)
     for h, w in [(64, 64), (97, 181)]:
         x = rng.random((1, 1, h, w), dtype=np.float32)
-        assert np.abs(ort_run(result.path, x) - torch_run(model, x)).max() <= 1e-4, (h, w)
+        assert np.abs(ort_run(path, x) - torch_run(model, x)).max() <= 1e-4, (h, w)
     # Audited at the 4K default maximum: every tensor below TensorRT's 2^31 elements.
-    assert result.audit.ok and result.audit.audited_shape == (1, 1, 2160, 3840)
-    assert 1e8 < result.audit.max_elements < MAX_ELEMENTS
+    report = audit_model(graph, max_height=2160, max_width=3840)
+    assert report.ok and report.audited_shape == (1, 1, 2160, 3840)
+    assert 1e8 < report.max_elements < MAX_ELEMENTS
 
 
 @pytest.mark.slow
@@ -250,8 +249,8 @@ def test_static_shape_evaluation_equals_onnxruntime(paper_dynamic):
     """The 2^31 audit's shapes are exact: compare with every intermediate ONNX Runtime computes."""
     import onnxruntime as ort
 
-    _, result = paper_dynamic
-    model = onnx.load(str(result.path))
+    _, path = paper_dynamic
+    model = onnx.load(str(path))
     shape = (1, 1, 37, 83)
     predicted = static_shapes_at(model, shape)
     names = [o for n in model.graph.node for o in n.output if o and o != "denoised"]

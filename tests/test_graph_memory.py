@@ -14,14 +14,10 @@ SIZE = 400  # tiny preset: large enough that the held buffers dominate the proce
 def graphs(tmp_path_factory):
     """The tiny model's dynamic export, and the same graph with the block separation undone
     (every ``@nls.<i>`` dim name back to the shared one: what exports looked like before)."""
-    from n3deploy.assets import shipped_model_path
-    from n3deploy.checkpoint import load_checkpoint
-    from n3deploy.export.onnx_export import export_onnx
+    from n3deploy.export.cache import cached_export
 
     root = tmp_path_factory.mktemp("graph_memory")
-    lean = root / "lean.onnx"
-    export_onnx(load_checkpoint(shipped_model_path("tiny-sigma25")), lean, progress=False, verify=False,
-                max_height=1024, max_width=1024)
+    lean = cached_export("tiny-sigma25")  # the graph the quick scenario measures too
     model = onnx.load(str(lean))
     undone = 0
     for vi in model.graph.value_info:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -87,19 +85,10 @@ def test_bf16_plan_stays_close_to_fp32_on_photos(tiny_onnx, photos):
 
 
 def _paper_onnx() -> Path:
-    """The shipped paper-preset model exported once (dynamic H x W), cached across test sessions."""
-    from n3deploy.assets import shipped_model_path
+    """The shipped paper-preset model's dynamic H x W export (the shared export cache: built once)."""
+    from n3deploy.export.cache import cached_export
 
-    ckpt = shipped_model_path("paper-sigma25")
-    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / "n3deploy-test-cache" / f"paper-sigma25-{digest}.onnx"
-    if not path.exists():
-        from n3deploy.checkpoint import load_checkpoint
-        from n3deploy.export.onnx_export import export_onnx
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(load_checkpoint(ckpt), path, progress=False, verify=False)
-    return path
+    return cached_export("paper-sigma25")
 
 
 @needs_bf16

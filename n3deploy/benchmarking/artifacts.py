@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..export.cache import default_cache_dir, source_digest
 from .rows import get_row
 from .settings import SCHEMA_VERSION, BenchSettings, RowInfo
 from .worker import run_worker
@@ -23,24 +23,14 @@ __all__ = ["artifact_path", "build_artifacts", "ARTIFACT_KINDS"]
 ARTIFACT_KINDS = ("checkpoint", "onnx-fp32", "onnx-fp16")
 
 
-def _source_digest() -> str:
-    root = Path(__file__).resolve().parents[1]
-    files = sorted([root / "config.py", root / "model.py", root / "checkpoint.py", *(root / "knn").glob("*.py"),
-                    *(root / "export").glob("*.py")])
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()
-
-
 def artifact_path(settings: BenchSettings, kind: str) -> Path:
     """Where the cached file of ``kind`` (one of :data:`ARTIFACT_KINDS`) for ``settings`` lives."""
     if kind not in ARTIFACT_KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}; choose from {ARTIFACT_KINDS}")
     key = hashlib.sha256(
-        json.dumps([settings.preset, settings.seed, kind, SCHEMA_VERSION, _source_digest()]).encode()
+        json.dumps([settings.preset, settings.seed, kind, SCHEMA_VERSION, source_digest()]).encode()
     ).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / "n3deploy-bench-cache"
+    folder = default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     suffix = ".safetensors" if kind == "checkpoint" else ".onnx"
     return folder / f"n3net-{settings.preset}-{kind}-{key}{suffix}"

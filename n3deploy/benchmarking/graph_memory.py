@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any, Optional
 
 from .scenarios import Scenario, ScenarioOptions, register_scenario
@@ -108,38 +107,16 @@ def _openvino_skip() -> Optional[str]:
     return reasons["openvino"]
 
 
-def _export_graph(checkpoint: Path, cache: Path) -> Path:
-    """The dynamic FP32 export of ``checkpoint``, cached under ``cache`` by checkpoint and export code."""
-    import hashlib
-
-    from .. import export as export_pkg
-
-    digest = hashlib.sha256(checkpoint.read_bytes())
-    for source in sorted(Path(export_pkg.__file__).parent.glob("*.py")):
-        digest.update(source.read_bytes())
-    out = cache / f"{checkpoint.stem}-dynamic-{digest.hexdigest()[:16]}.onnx"
-    if out.exists():
-        return out
-    from ..checkpoint import load_checkpoint
-    from ..export.onnx_export import export_onnx
-
-    export_onnx(load_checkpoint(checkpoint), out, progress=False, verify=False)  # the tests verify exports
-    return out
-
-
 def run(options: ScenarioOptions) -> dict[str, Any]:
     """Every runtime x size, each in a fresh process; a runtime that cannot run here is skipped with its reason."""
-    import tempfile
-
     from tqdm.auto import tqdm
 
+    from ..export.cache import cached_export
     from ..models import resolve_model
 
     name = QUICK_MODEL if options.quick else MODEL
     checkpoint = resolve_model(name)
-    cache = Path(tempfile.gettempdir()) / "n3deploy-bench-cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    graph = _export_graph(checkpoint, cache)
+    graph = cached_export(checkpoint)  # the dynamic FP32 graph a user exports by default
     sizes = QUICK_SIZES if options.quick else SIZES
     skipped = {"openvino": _openvino_skip()}
     models = {"ort-default": graph, "onnxruntime": graph, "openvino": graph, "torch": checkpoint}

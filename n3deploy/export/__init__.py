@@ -5,6 +5,7 @@
 * :mod:`.shape_eval`  -- exact static shapes of every tensor at a given input size
 * :mod:`.fp16`        -- the strongly typed mixed-precision graph and its FP16 overflow headroom
 * :mod:`.metadata`    -- what an exported graph records about itself (config, sigma, input spec)
+* :mod:`.cache`       -- :func:`cached_export`: a checkpoint's export built once, reused until the code changes
 
 Only :mod:`.onnx_export` needs PyTorch; the rest runs on deployment machines with ``onnx`` and
 ``onnxruntime`` alone, so names are imported lazily here.
@@ -17,6 +18,7 @@ from typing import Any
 
 _LAZY = {
     "export_onnx": "n3deploy.export.onnx_export",
+    "cached_export": "n3deploy.export.cache",
     "ExportResult": "n3deploy.export.onnx_export",
     "DEFAULT_OPSET": "n3deploy.export.onnx_export",
     "audit_model": "n3deploy.export.audit",
