@@ -75,7 +75,11 @@ class KNNAggregation(nn.Module):
         )
 
     def forward(self, x: Tensor, embed: Tensor, log_temp: Tensor) -> Tensor:
-        return get_knn(self.impl)(x, embed, log_temp, self.distance_bn, **self.options)
+        knn = get_knn(self.impl)
+        if torch.is_autocast_enabled(x.device.type):  # the precision plan: never a reduced-precision KNN
+            with torch.autocast(x.device.type, enabled=False):
+                return knn(x.float(), embed.float(), log_temp.float(), self.distance_bn, **self.options)
+        return knn(x, embed, log_temp, self.distance_bn, **self.options)
 
 
 class N3Block(nn.Module):

@@ -205,6 +205,42 @@ def test_resume_is_bit_identical(image_dir, tmp_path):
     assert [h["lr"] for h in ha] == [h["lr"] for h in hb]
 
 
+def test_bf16_training_runs_the_plan_convolutions_bf16_and_every_knn_fp32(image_dir, tmp_path, monkeypatch):
+    """--precision bf16: the forward pass under autocast, except the KNN aggregations (float32 in and out
+    of them, whatever autocast would pick); weights and checkpoints stay float32."""
+    from n3deploy.model import KNNAggregation
+
+    seen: dict[str, set] = {"knn": set(), "conv": set()}
+    original = KNNAggregation.forward
+
+    def spy(self, x, embed, log_temp):
+        out = original(self, x, embed, log_temp)
+        seen["knn"].add(out.dtype)
+        return out
+
+    monkeypatch.setattr(KNNAggregation, "forward", spy)
+    conv_forward = torch.nn.Conv2d.forward
+
+    def conv_spy(self, x):
+        out = conv_forward(self, x)
+        seen["conv"].add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", conv_spy)
+    cfg = cfg_for(image_dir, tmp_path / "bf16", precision="bf16", steps=2, val_every=2)
+    result = train(cfg, progress=False)
+    assert result["finished"]
+    assert torch.bfloat16 in seen["conv"] and seen["knn"] == {torch.float32}
+    trained = weights(cfg.out / LAST_FILE)
+    floats = [t for t in trained.values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats)
+    fp32 = cfg_for(image_dir, tmp_path / "fp32", steps=2, val_every=2)
+    train(fp32, progress=False)
+    assert not torch.equal(weights(fp32.out / LAST_FILE)["blocks.0.conv1.weight"], trained["blocks.0.conv1.weight"])
+    with pytest.raises(ValueError, match="precision"):
+        cfg_for(image_dir, tmp_path / "x", precision="fp16")
+
+
 def test_sigint_stops_between_steps_and_resumes_exactly(image_dir, tmp_path, monkeypatch):
     """SIGINT during step 2 finishes that step, checkpoints, returns; --resume matches a clean run."""
     import signal

@@ -10,7 +10,10 @@ from typing import Any
 
 from ..config import N3NetConfig
 
-__all__ = ["TrainConfig", "learning_rate"]
+__all__ = ["TrainConfig", "learning_rate", "TRAIN_PRECISIONS"]
+
+#: Precisions of the training forward pass (the names of :data:`n3deploy.precision.PRECISIONS`).
+TRAIN_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -46,6 +49,10 @@ class TrainConfig:
         init_from: start from the weights of this n3deploy checkpoint (fine-tuning or a warm
             restart with a new schedule); its model config must equal this run's. The optimiser
             starts fresh.
+        precision: ``fp32``, or ``bf16``: the training forward pass follows the precision plan
+            (convolutions in bfloat16 under ``torch.autocast``, every KNN aggregation in float32);
+            weights, gradients, optimiser state, loss and validation stay float32. Faster on CPUs
+            with AVX512_BF16 / AMX and on GPUs.
     """
 
     data: Path
@@ -73,6 +80,7 @@ class TrainConfig:
     stop_after: int | None = None
     compile: bool = False
     init_from: Path | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -95,6 +103,7 @@ class TrainConfig:
             "val_split": self.val_split >= 0,
             "channels": self.channels in (1, 3),
             "sigma": self.sigma >= 0,
+            "precision": self.precision in TRAIN_PRECISIONS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

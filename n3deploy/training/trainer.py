@@ -107,6 +107,7 @@ SCHEDULE_FIELDS = ("steps", "decay_fraction")
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, step: int) -> None:
     """Refuse settings that would make the resumed run differ from an uninterrupted one."""
     now = cfg.to_dict()
+    saved = {"precision": "fp32", **saved}  # runs started before the setting existed trained in float32
     free = (*TrainConfig.RESUME_FREE, *SCHEDULE_FIELDS)
     diffs = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in free and saved.get(k) != now[k]]
     changed = [k for k in SCHEDULE_FIELDS if saved.get(k) != now[k]]
@@ -303,7 +304,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
             optimizer.zero_grad(set_to_none=True)
             # batch-norm statistics change in the forward pass: keep a copy to undo a broken step
             saved_stats = [b.detach().clone() for b in stat_buffers]
-            loss = torch.nn.functional.mse_loss(net(noisy_t), clean_t)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                denoised = net(noisy_t)  # bf16: convolutions in bfloat16, KNN aggregations in float32
+            loss = torch.nn.functional.mse_loss(denoised.float(), clean_t)
             loss.backward()  # also when the loss is not finite: data-parallel ranks must all reduce
             # The norm is computed after the all-reduce, so every rank takes the same decision.
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
