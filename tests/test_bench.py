@@ -76,7 +76,8 @@ def test_parse_size() -> None:
 
 def test_suite_end_to_end_tiny(tmp_path) -> None:
     settings = BenchSettings(
-        preset="tiny", sizes=((32, 32),), backends=("torch-static", "ort-cpu-fp32"), repeats=1, warmup=1,
+        # the shipped tiny model: its dynamic export is the one the graph-memory tests build (shared cache)
+        preset="tiny", model="tiny-sigma25", sizes=((32, 32),), backends=("torch-static", "ort-cpu-fp32"), repeats=1, warmup=1,
         breakdown_repeats=1, breakdown_size=(32, 32), matmul_n=128, command="pytest",
         quiet_wait_s=0.0, contention_retry=1.0, denoiser_size=(80, 60),
     )
@@ -102,12 +103,20 @@ def test_suite_end_to_end_tiny(tmp_path) -> None:
     text = md_path.read_text()
     assert text == render_markdown(on_disk)
     for needle in ("## Machine and settings", "pytest", "32×32", "## Summary at 32×32", "static", "reference",
-                   "(docs/bench_time.png)", "GFLOP/s", "FP32 matmul peak", "BF16 matmul peak", "ONNX Runtime CPU FP32"):
+                   "(docs/bench_time.png)", "GFLOP/s", "weights of `tiny-sigma25`", "FP32 matmul peak", "BF16 matmul peak", "ONNX Runtime CPU FP32"):
         assert needle in text
     for word in ("bar", "criteria", "issue", "acceptance", "met**"):
         assert word not in text.lower().split(), word
     assert "Acceptance" not in text and "not met" not in text
     assert time_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and mem_png.stat().st_size > 0
+
+
+def test_a_model_of_another_preset_is_refused() -> None:
+    from n3deploy.benchmarking.artifacts import check_model
+
+    check_model(BenchSettings(preset="tiny", model="tiny-blind"))
+    with pytest.raises(ValueError, match="not a 'paper' preset network"):
+        check_model(BenchSettings(preset="paper", model="tiny-sigma25"))
 
 
 def test_every_row_opens_its_file_with_a_registry_backend() -> None:

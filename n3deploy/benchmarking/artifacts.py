@@ -36,9 +36,25 @@ def artifact_path(settings: BenchSettings, kind: str) -> Path:
     return folder / f"n3net-{settings.preset}-{kind}-{key}{suffix}"
 
 
+def check_model(settings: BenchSettings) -> None:
+    """Refuse a ``settings.model`` whose network is not the ``settings.preset`` network (the FLOP counts,
+    the breakdown and the memory predictions all follow the preset)."""
+    if settings.model is None:
+        return
+    from ..checkpoint import read_checkpoint_header
+    from ..config import N3NetConfig
+    from ..models import resolve_model
+
+    config, _ = read_checkpoint_header(resolve_model(settings.model))
+    if config.to_dict() != N3NetConfig.preset(settings.preset, config.in_channels).to_dict():
+        raise ValueError(f"{settings.model} is not a '{settings.preset}' preset network: pass the --preset it was trained as")
+
+
 def build_artifacts(settings: BenchSettings, infos: list[RowInfo], log: Callable[[str], None]) -> dict[str, str]:
     """Build (or reuse) every file the available rows open: ``{kind: path}``.
 
+    With ``settings.model`` the rows open that checkpoint and its exports (the shared export cache,
+    :func:`~n3deploy.export.cache.cached_export`); otherwise the random-weight model of the preset.
     A file that cannot be built marks the rows that need it unavailable, with the reason.
     """
     files: dict[str, str] = {}
@@ -47,10 +63,14 @@ def build_artifacts(settings: BenchSettings, infos: list[RowInfo], log: Callable
         if not info.available or kind in files:
             continue
         path = artifact_path(settings, kind)
-        if not path.exists():
-            log(f"building {path.name}")
-            res = run_worker({"task": "export", "kind": kind, "preset": settings.preset, "seed": settings.seed,
-                              "path": str(path), "threads": settings.resolved_threads()}, settings.job_timeout_s)
+        job = {"task": "export", "kind": kind, "preset": settings.preset, "seed": settings.seed,
+               "path": str(path), "threads": settings.resolved_threads()}
+        if settings.model is not None:
+            job["model"] = settings.model
+        if settings.model is not None or not path.exists():
+            log(f"building {kind} of {settings.model or path.name}")
+            res = run_worker(job, settings.job_timeout_s)
+            path = Path(res.get("path") or path)
             if not res["ok"] or not path.exists():
                 for other in infos:
                     if get_row(other.name).opens == kind:

@@ -57,7 +57,9 @@ def _machine_section(doc: dict[str, Any]) -> list[str]:
         f"- Threads: {m['threads']} (torch `set_num_threads`, ONNX Runtime `intra_op_num_threads`, OpenVINO "
         "`INFERENCE_NUM_THREADS`)",
         f"- Allocator: {m['allocator']}; took effect: {m['allocator_tuned']}",
-        f"- Model: `{s['preset']}` preset, random weights (seed {s['seed']}), batch 1, "
+        f"- Model: `{s['preset']}` preset, "
+        + (f"weights of `{s['model']}`" if s.get("model") else f"random weights (seed {s['seed']})")
+        + ", batch 1, "
         f"{doc['config']['in_channels']} channel(s)",
         f"- Timing: median of up to {s['repeats']} runs after {s['warmup']} warm-up run(s) "
         f"(fewer repeats where one run is long: about {s['max_job_s']:.0f} s per backend and size); "

@@ -21,6 +21,7 @@ class BenchSettings:
     """What to measure and how."""
 
     preset: str = "paper"
+    model: str | None = None  # registry name or checkpoint: time its weights (the preset must be its preset)
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES  # (width, height)
     backends: tuple[str, ...] = tuple(ROWS)  # row names (rows.ROWS)
     repeats: int = 5

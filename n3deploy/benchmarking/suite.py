@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..fileio import atomic_path
-from .artifacts import build_artifacts
+from .artifacts import build_artifacts, check_model
 from .machine import PEAK_DTYPES, machine_info, matmul_peak, probe_rows
 from .merge import matmul_peaks, merge_results
 from .pausing import paused
@@ -71,6 +71,7 @@ def run_suite(settings: BenchSettings, json_path: Path | None = None, log: Calla
     infos = probe_rows(settings.backends) if settings.sizes else []
     for info in infos:
         log(f"row {info.name}: {'available' if info.available else 'unavailable (' + info.reason + ')'}")
+    check_model(settings)
     files = build_artifacts(settings, infos, log)
     doc: dict[str, Any] = {
         "schema": SCHEMA_VERSION,

@@ -12,6 +12,9 @@ __all__ = ["register", "add_arguments", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options shared by ``n3deploy bench`` and ``runtime/bench.py``."""
     p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="model preset (random weights)")
+    p.add_argument("--model", default=None, metavar="NAME|CKPT",
+                   help="time this registry model or checkpoint (and its exports, built once and cached) instead of "
+                        "random weights; --preset must be its preset")
     p.add_argument("--sizes", nargs="+", metavar="WxH",
                    help="image sizes, width x height, or 'none' (default: 256x256 481x321 1024x1024 1920x1080 3840x2160; "
                         "sizes predicted not to fit in memory are skipped)")
@@ -88,6 +91,7 @@ def settings_from_args(args: argparse.Namespace, command: str):
         sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
     settings = BenchSettings(
         preset=args.preset,
+        model=args.model,
         sizes=sizes,
         backends=tuple(args.backends) if args.backends else tuple(ROWS),
         repeats=args.repeats if args.repeats is not None else (2 if args.quick else 5),

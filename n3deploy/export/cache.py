@@ -43,8 +43,14 @@ def cached_export(checkpoint: "str | os.PathLike", *, cache_dir: "str | os.PathL
     exported on first use and reused afterwards. Returns the graph's path."""
     from ..models import resolve_model
 
+    import inspect
+
+    from .onnx_export import export_onnx
+
     path = Path(resolve_model(checkpoint))
-    options = {"verify": False, **options, "progress": False}
+    defaults = {k: p.default for k, p in inspect.signature(export_onnx).parameters.items()}
+    # options equal to export_onnx's defaults do not change the file: leave them out of the key
+    options = {k: v for k, v in {"verify": False, **options}.items() if k != "progress" and defaults.get(k) != v}
     key = hashlib.sha256(path.read_bytes())
     key.update(json.dumps(options, sort_keys=True, default=str).encode())
     key.update(source_digest().encode())
@@ -53,7 +59,6 @@ def cached_export(checkpoint: "str | os.PathLike", *, cache_dir: "str | os.PathL
     out = folder / f"{path.stem}-{key.hexdigest()[:16]}.onnx"
     if not out.exists():
         from ..checkpoint import load_checkpoint
-        from .onnx_export import export_onnx
 
-        export_onnx(load_checkpoint(path), out, **options)
+        export_onnx(load_checkpoint(path), out, **{"verify": False, **options}, progress=False)
     return out
