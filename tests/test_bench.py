@@ -119,6 +119,22 @@ def test_a_model_of_another_preset_is_refused() -> None:
         check_model(BenchSettings(preset="paper", model="tiny-sigma25"))
 
 
+def test_random_weight_artifacts_are_built_once_and_a_models_checkpoint_is_its_own_file(tmp_path, monkeypatch) -> None:
+    from n3deploy.benchmarking.artifacts import build_artifacts
+    from n3deploy.benchmarking.machine import probe_rows
+    from n3deploy.checkpoint import load_checkpoint
+    from n3deploy.models import resolve_model
+
+    monkeypatch.setenv("N3DEPLOY_EXPORT_CACHE", str(tmp_path))
+    infos = probe_rows(("torch-static",))
+    logged: list[str] = []
+    files = build_artifacts(BenchSettings(preset="tiny", seed=3), infos, logged.append)
+    assert load_checkpoint(files["checkpoint"]).config == N3NetConfig.tiny() and len(logged) == 1
+    assert build_artifacts(BenchSettings(preset="tiny", seed=3), infos, logged.append) == files and len(logged) == 1
+    model_files = build_artifacts(BenchSettings(preset="tiny", model="tiny-sigma25"), infos, logged.append)
+    assert model_files == {"checkpoint": str(resolve_model("tiny-sigma25"))}
+
+
 def test_every_row_opens_its_file_with_a_registry_backend() -> None:
     from n3deploy.backends import BACKENDS
     from n3deploy.benchmarking.rows import ROWS

@@ -260,3 +260,27 @@ def test_static_shape_evaluation_equals_onnxruntime(paper_dynamic):
     values = session.run(names, {"noisy": np.zeros(shape, np.float32)})
     mismatches = [(n, v.shape, predicted[n].shape) for n, v in zip(names, values) if tuple(v.shape) != predicted[n].shape]
     assert not mismatches and len(names) > 500
+
+
+def test_cached_export_exports_once_per_checkpoint_and_options(tmp_path, monkeypatch):
+    """The key: the checkpoint, the options that change the file (not their defaults, not verify)."""
+    from n3deploy.export import cache, onnx_export
+
+    import functools
+
+    calls: list[dict] = []
+
+    @functools.wraps(onnx_export.export_onnx)  # same signature (its defaults decide the key)
+    def fake_export(model, path, **options):
+        calls.append(options)
+        Path(path).write_bytes(b"graph")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
+    first = cache.cached_export("tiny-sigma25", cache_dir=tmp_path)
+    assert cache.cached_export("tiny-sigma25", cache_dir=tmp_path, fp16=False, batch=1) == first
+    assert len(calls) == 1 and calls[0]["verify"] is False and calls[0]["progress"] is False
+    fixed = cache.cached_export("tiny-sigma25", cache_dir=tmp_path, height=64, width=64, verify=True)
+    assert fixed != first and calls[-1]["verify"] is True and calls[-1]["height"] == 64
+    blind = cache.cached_export("tiny-blind", cache_dir=tmp_path)
+    assert blind not in (first, fixed) and len(calls) == 3
+    assert sorted(tmp_path.iterdir()) == sorted([first, fixed, blind])

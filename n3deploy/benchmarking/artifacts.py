@@ -62,12 +62,15 @@ def build_artifacts(settings: BenchSettings, infos: list[RowInfo], log: Callable
         kind = get_row(info.name).opens
         if not info.available or kind in files:
             continue
+        if settings.model is not None and kind == "checkpoint":
+            from ..models import resolve_model
+
+            files[kind] = str(resolve_model(settings.model))
+            continue
         path = artifact_path(settings, kind)
         job = {"task": "export", "kind": kind, "preset": settings.preset, "seed": settings.seed,
-               "path": str(path), "threads": settings.resolved_threads()}
-        if settings.model is not None:
-            job["model"] = settings.model
-        if settings.model is not None or not path.exists():
+               "path": str(path), "threads": settings.resolved_threads(), "model": settings.model}
+        if settings.model is not None or not path.exists():  # a model's exports: the export cache decides
             log(f"building {kind} of {settings.model or path.name}")
             res = run_worker(job, settings.job_timeout_s)
             path = Path(res.get("path") or path)

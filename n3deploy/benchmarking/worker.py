@@ -127,13 +127,10 @@ def _task_breakdown(job: dict[str, Any]) -> dict[str, Any]:
 
 def _task_export(job: dict[str, Any]) -> dict[str, Any]:
     """Write the random-weight model of ``preset``/``seed`` as ``kind`` (checkpoint, onnx-fp32, onnx-fp16),
-    or, with ``model`` (a registry name or checkpoint), return that checkpoint or its cached export."""
+    or, with ``model`` (a registry name or checkpoint), that model's cached ONNX export."""
     if job.get("model") is not None:
         from ..export.cache import cached_export
-        from ..models import resolve_model
 
-        if job["kind"] == "checkpoint":
-            return {"path": str(resolve_model(job["model"]))}
         return {"path": str(cached_export(job["model"], fp16=job["kind"] == "onnx-fp16"))}
     model = _build_model(job["preset"], job["seed"])
     if job["kind"] == "checkpoint":

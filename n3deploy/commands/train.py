@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--val", type=Path, default=None, help="folder of clean validation images")
     val.add_argument("--val-split", type=int, default=0, metavar="N", help="hold out the last N training images for validation")
     from ..config import preset_names
+    from ..training.config import TRAIN_PRECISIONS
 
     p.add_argument("--preset", default="tiny", choices=preset_names(), help="model size (default: tiny)")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB (default: 1)")
@@ -67,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop (resumably) after N steps of this invocation")
     p.add_argument("--compile", action="store_true", help="use torch.compile (slow start, faster steps)")
     p.add_argument("--init-from", type=Path, default=None, metavar="CKPT", help="start from this checkpoint's weights (fine-tune / warm restart; fresh optimiser)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    p.add_argument("--precision", default="fp32", choices=TRAIN_PRECISIONS,
                    help="forward pass: fp32, or bf16 = the precision plan (convolutions bfloat16 under autocast, KNN "
                         "float32; weights, optimiser and validation float32): faster steps on CPUs with AVX512_BF16/AMX "
                         "and on GPUs (default: fp32)")

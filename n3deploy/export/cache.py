@@ -40,19 +40,22 @@ def cached_export(checkpoint: "str | os.PathLike", *, cache_dir: "str | os.PathL
                   **options: Any) -> Path:
     """The ONNX export of ``checkpoint`` (a path or a registry name) with ``options`` (keyword
     arguments of :func:`~n3deploy.export.onnx_export.export_onnx`; default: the dynamic FP32 graph),
-    exported on first use and reused afterwards. Returns the graph's path."""
-    from ..models import resolve_model
+    exported on first use and reused afterwards. Returns the graph's path.
 
+    ``verify`` (default ``False`` here) applies to the first export only: it checks the file once and
+    does not change it, so it is not part of the key."""
     import inspect
 
+    from ..models import resolve_model
     from .onnx_export import export_onnx
 
     path = Path(resolve_model(checkpoint))
+    effective = {"verify": False, **options, "progress": False}  # the caches' default: no re-verification
     defaults = {k: p.default for k, p in inspect.signature(export_onnx).parameters.items()}
     # options equal to export_onnx's defaults do not change the file: leave them out of the key
-    options = {k: v for k, v in {"verify": False, **options}.items() if k != "progress" and defaults.get(k) != v}
+    keyed = {k: v for k, v in effective.items() if k not in ("verify", "progress") and defaults.get(k) != v}
     key = hashlib.sha256(path.read_bytes())
-    key.update(json.dumps(options, sort_keys=True, default=str).encode())
+    key.update(json.dumps(keyed, sort_keys=True, default=str).encode())
     key.update(source_digest().encode())
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,5 +63,5 @@ def cached_export(checkpoint: "str | os.PathLike", *, cache_dir: "str | os.PathL
     if not out.exists():
         from ..checkpoint import load_checkpoint
 
-        export_onnx(load_checkpoint(path), out, **{"verify": False, **options}, progress=False)
+        export_onnx(load_checkpoint(path), out, **effective)
     return out
