@@ -54,7 +54,7 @@ def test_export_is_one_checked_file_with_metadata(tiny_onnx, tiny_model):
     assert meta.config == tiny_model.config.to_dict()
     assert meta.n3deploy_version
     spec = meta.input_spec
-    assert (spec.name, spec.batch, spec.channels, spec.height, spec.width) == ("noisy", 1, 1, 64, 64)
+    assert (spec.name, spec.batch, spec.max_batch, spec.channels, spec.height, spec.width) == ("noisy", None, 8, 1, 64, 64)
     # Simplified: no BatchNormalization left (folded into the convolutions), no Constant nodes.
     ops = {n.op_type for n in model.graph.node}
     assert "BatchNormalization" not in ops and "Constant" not in ops
@@ -73,7 +73,7 @@ def test_audit_of_the_export_passes_and_reports(tiny_onnx):
     assert report.ok, report.problems
     assert report.op_histogram["Conv"] == 27  # 3 DnCNN blocks x 5 + 2 N3 blocks x (3 + 3)
     assert not set(report.op_histogram) & set(FORBIDDEN_OPS)
-    assert report.audited_shape == (1, 1, 64, 64)
+    assert report.audited_shape == (8, 1, 64, 64)  # the symbolic batch at its declared maximum
     assert 0 < report.max_elements < MAX_ELEMENTS
     parts = {p.part: p.label for p in report.precision}
     assert parts["nls.0.aggregation"] == "fp32" and parts["blocks.0"] == "fp32"
@@ -85,7 +85,7 @@ def test_audit_of_the_export_passes_and_reports(tiny_onnx):
 def test_inspect_command_prints_the_audit(tiny_onnx, capsys):
     assert cli_main(["inspect", str(tiny_onnx.path)]) == 0
     out = capsys.readouterr().out
-    assert "noisy: float[1x1x64x64]" in out and "audit: PASS" in out and "LogSoftmax" in out
+    assert "noisy: float[batchx1x64x64]" in out and "audit: PASS" in out and "LogSoftmax" in out
 
 
 # --------------------------------------------------------------------------- audit on crafted graphs
@@ -185,9 +185,27 @@ def test_export_command_writes_a_dynamic_batch_graph(tiny_checkpoint, tiny_model
     assert spec.batch is None and spec.max_batch == 4 and spec.max_shape() == (4, 1, 40, 48)
 
 
-def test_export_default_batch_stays_fixed_at_one(tiny_onnx):
+def test_default_batch_of_a_fixed_size_graph_is_symbolic(tiny_onnx, tiny_model):
+    """(A dynamic-size graph keeps a batch of 1 by default: the paper-preset tests check its dims.)"""
     dims = [d.dim_param or d.dim_value for d in onnx.load(str(tiny_onnx.path)).graph.input[0].type.tensor_type.shape.dim]
-    assert dims[0] == 1 and read_metadata(tiny_onnx.path).input_spec.batch == 1
+    assert dims == ["batch", 1, 64, 64]
+    x = np.random.default_rng(5).random((3, 1, 64, 64), dtype=np.float32)
+    assert np.abs(ort_run(tiny_onnx.path, x) - torch_run(tiny_model, x)).max() <= 1e-4
+
+
+def test_fixed_size_default_caps_max_batch_below_2_31_elements(tiny_model, tmp_path):
+    """At 1536x2048 eight samples would exceed TensorRT's 2^31 elements in the KNN's largest tensor:
+    the default symbolic batch is declared (and audited) for the largest batch that fits."""
+    from n3deploy.export.audit import MAX_ELEMENTS, audit_model
+    from n3deploy.export.onnx_export import export_onnx
+
+    result = export_onnx(tiny_model, tmp_path / "big.onnx", height=1536, width=2048, verify=False, progress=False)
+    spec = read_metadata(result.path).input_spec
+    assert spec.batch is None and 1 <= spec.max_batch < 8
+    report = audit_model(result.path)
+    assert report.audited_shape == (spec.max_batch, 1, 1536, 2048) and not report.problems
+    assert report.largest[0].numel < MAX_ELEMENTS
+    assert report.largest[0].numel * (spec.max_batch + 1) // spec.max_batch >= MAX_ELEMENTS  # one more would not fit
 
 
 def test_bad_batch_arguments_are_refused(tiny_checkpoint, tmp_path):
@@ -277,7 +295,7 @@ def test_cached_export_exports_once_per_checkpoint_and_options(tmp_path, monkeyp
 
     monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
     first = cache.cached_export("tiny-sigma25", cache_dir=tmp_path)
-    assert cache.cached_export("tiny-sigma25", cache_dir=tmp_path, fp16=False, batch=1) == first
+    assert cache.cached_export("tiny-sigma25", cache_dir=tmp_path, fp16=False, opset=18) == first
     assert len(calls) == 1 and calls[0]["verify"] is False and calls[0]["progress"] is False
     fixed = cache.cached_export("tiny-sigma25", cache_dir=tmp_path, height=64, width=64, verify=True)
     assert fixed != first and calls[-1]["verify"] is True and calls[-1]["height"] == 64

@@ -57,3 +57,22 @@ def test_graph_memory_scenario_quick_run_and_report():
     assert measured["ort-default"] <= 1.5 * measured["onnxruntime"]
     text = render(results)
     assert text.startswith("## ") and "default `SessionOptions`" in text and "481x321" in text
+
+
+def test_fixed_size_default_export_is_lean_and_a_fully_static_one_is_not(tmp_path_factory):
+    """A fixed H x W export names its batch axis by default (concrete shapes everywhere would let
+    ONNX Runtime's planner pair the N3 blocks' equal-sized buffers); ``batch=1`` is the control."""
+    from n3deploy.export.cache import cached_export
+
+    root = tmp_path_factory.mktemp("fixed_graphs")
+    named = cached_export("tiny-sigma25", cache_dir=root, height=SIZE, width=SIZE)
+    static = cached_export("tiny-sigma25", cache_dir=root, height=SIZE, width=SIZE, batch=1)
+    dims = [d.dim_param or d.dim_value for d in onnx.load(str(named)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, SIZE, SIZE]
+    tuned = measure_peak("onnxruntime", named, SIZE, SIZE)
+    bare = measure_peak("ort-default", named, SIZE, SIZE)
+    bare_static = measure_peak("ort-default", static, SIZE, SIZE)
+    for result in (tuned, bare, bare_static):
+        assert "error" not in result, result
+    assert bare["peak_rss_bytes"] <= 1.5 * tuned["peak_rss_bytes"], (bare, tuned)
+    assert bare_static["peak_rss_bytes"] > 1.5 * bare["peak_rss_bytes"], (bare_static, bare)

@@ -32,19 +32,27 @@ def _graph_dims(path: Path, which: str) -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def dynamic_batch_onnx(tiny_onnx, tmp_path_factory) -> Path:
-    """The shared tiny graph with its batch axis made symbolic (what `export --batch dynamic` declares)."""
+def dynamic_batch_onnx(tiny_onnx) -> Path:
+    """The shared tiny graph: fixed 64x64 with the default symbolic batch axis."""
+    dims = _graph_dims(tiny_onnx.path, "input")["noisy"]
+    assert dims == [-1, 1, 64, 64]
+    return Path(tiny_onnx.path)
+
+
+@pytest.fixture(scope="module")
+def fixed_batch_onnx(tiny_onnx, tmp_path_factory) -> Path:
+    """The shared tiny graph with every axis fixed (what `export --batch 1 --height 64 --width 64` writes)."""
     model = onnx.load(str(tiny_onnx.path))
     for value in list(model.graph.input) + list(model.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_param = "batch"
-    path = tmp_path_factory.mktemp("dynb") / "tiny_dynb.onnx"
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    path = tmp_path_factory.mktemp("fixedb") / "tiny_b1.onnx"
     onnx.save(model, str(path))
     return path
 
 
-def test_fixed_batch_graph_gives_full_dims_and_no_batching(tiny_onnx, tmp_path):
-    with pytest.warns(StaticGraphMemoryWarning, match="no symbolic axis"):  # every axis of tiny_onnx is fixed
-        rc = main(["triton-repo", "--onnx", str(tiny_onnx.path), "-o", str(tmp_path / "repo"), "--instances", "2"])
+def test_fixed_batch_graph_gives_full_dims_and_no_batching(fixed_batch_onnx, tmp_path):
+    with pytest.warns(StaticGraphMemoryWarning, match="no symbolic axis"):  # every axis of the graph is fixed
+        rc = main(["triton-repo", "--onnx", str(fixed_batch_onnx), "-o", str(tmp_path / "repo"), "--instances", "2"])
     assert rc == 0
     config = read_config(tmp_path / "repo" / "n3net" / "config.pbtxt")
     from tritonclient.grpc import model_config_pb2 as pb
@@ -52,7 +60,7 @@ def test_fixed_batch_graph_gives_full_dims_and_no_batching(tiny_onnx, tmp_path):
     assert isinstance(config, pb.ModelConfig)
     assert config.name == "n3net" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
-    graph_in, graph_out = _graph_dims(tiny_onnx.path, "input"), _graph_dims(tiny_onnx.path, "output")
+    graph_in, graph_out = _graph_dims(fixed_batch_onnx, "input"), _graph_dims(fixed_batch_onnx, "output")
     assert {t.name: list(t.dims) for t in config.input} == graph_in == {"noisy": [1, 1, 64, 64]}
     assert {t.name: list(t.dims) for t in config.output} == graph_out
     assert all(pb.DataType.Name(t.data_type) == "TYPE_FP32" for t in list(config.input) + list(config.output))
@@ -63,7 +71,7 @@ def test_fixed_batch_graph_gives_full_dims_and_no_batching(tiny_onnx, tmp_path):
     assert list(config.model_warmup[0].inputs["noisy"].dims) == [1, 1, 64, 64]
     assert '"stride": 5' in config.parameters["n3deploy_config"].string_value
     copied = tmp_path / "repo" / "n3net" / "1" / "model.onnx"
-    assert copied.read_bytes() == Path(tiny_onnx.path).read_bytes()
+    assert copied.read_bytes() == fixed_batch_onnx.read_bytes()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # the temp folder was renamed, nothing left
 
 
@@ -104,22 +112,23 @@ def test_plan_entry_uses_the_plan_profile(dynamic_batch_onnx, tmp_path):
     assert (tmp_path / "repo" / "n3net_trt" / "1" / "model.plan").read_bytes() == plan.read_bytes()
 
 
-def test_validation_catches_a_config_that_does_not_match_the_graph(tiny_onnx, tmp_path):
-    write_triton_repo(tiny_onnx.path, tmp_path / "repo")
+def test_validation_catches_a_config_that_does_not_match_the_graph(fixed_batch_onnx, tmp_path):
+    with pytest.warns(StaticGraphMemoryWarning):
+        write_triton_repo(fixed_batch_onnx, tmp_path / "repo")
     cfg = tmp_path / "repo" / "n3net" / "config.pbtxt"
     text = cfg.read_text()
     cfg.write_text(text.replace('name: "noisy"', 'name: "input"', 1))
     with pytest.raises(TritonRepoError, match="inputs"):
-        validate_triton_repo(tmp_path / "repo", tiny_onnx.path)
+        validate_triton_repo(tmp_path / "repo", fixed_batch_onnx)
     cfg.write_text(text.replace("dims: 64", "dims: 32", 1))
     with pytest.raises(TritonRepoError, match="dims"):
-        validate_triton_repo(tmp_path / "repo", tiny_onnx.path)
+        validate_triton_repo(tmp_path / "repo", fixed_batch_onnx)
     cfg.write_text(text.replace("max_batch_size: 0", "") + "\nmax_batch_size: 4\n")
     with pytest.raises(TritonRepoError, match="batch axis is fixed"):
-        validate_triton_repo(tmp_path / "repo", tiny_onnx.path)
+        validate_triton_repo(tmp_path / "repo", fixed_batch_onnx)
     cfg.write_text(text + "\nno_such_field: 1\n")
     with pytest.raises(TritonRepoError, match="not a valid Triton ModelConfig"):
-        validate_triton_repo(tmp_path / "repo", tiny_onnx.path)
+        validate_triton_repo(tmp_path / "repo", fixed_batch_onnx)
 
 
 def test_existing_repo_needs_force_and_is_replaced_whole(tiny_onnx, tmp_path):

@@ -14,9 +14,12 @@ By default the graph takes any height/width (symbolic dims, every shape computed
 from the input shape) from the model's minimum (15 px) up to --max-height x --max-width.
 --height/--width give a fixed-size graph instead. --fp16 writes the strongly typed mixed-precision
 graph TensorRT 10/11 builds FP16 engines from: convolutions in FP16, the KNN distance/softmax
-chain in FP32 behind explicit Casts, FP32 input and output. The batch axis is fixed at 1 unless
---batch says otherwise; --batch dynamic gives a symbolic batch (1 to --max-batch) so the Denoiser
-(batch_tiles=N), n3deploy serve and Triton can send several same-size tiles in one call.
+chain in FP32 behind explicit Casts, FP32 input and output.
+
+The batch axis: --batch dynamic gives a symbolic batch (1 to --max-batch) so the Denoiser
+(batch_tiles=N), n3deploy serve and Triton can send several same-size tiles in one call;
+--batch N fixes it. Default: 1 for a dynamic-size graph, dynamic for a fixed-size one (a fully
+static graph peaks ~2x higher under ONNX Runtime's default SessionOptions, e.g. in Triton).
 
 Every export is simplified (onnxslim), passes onnx.checker's full check, is audited for TensorRT
 (op allow-list, input-derived shapes, < 2^31 elements per tensor at the maximum size) and is
@@ -38,10 +41,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx path")
     p.add_argument("--height", type=int, default=None, help="fixed input height (default: dynamic)")
     p.add_argument("--width", type=int, default=None, help="fixed input width (default: dynamic)")
-    p.add_argument("--batch", type=_batch_arg, default=1,
-                   help="batch size of the graph's input, or 'dynamic' for a symbolic batch axis (default: 1)")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help=f"largest batch of a --batch dynamic graph, audited for the 2^31 limit (default: {DEFAULT_MAX_BATCH})")
+    p.add_argument("--batch", type=_batch_arg, default=None,
+                   help="batch size of the graph's input, or 'dynamic' for a symbolic batch axis "
+                        "(default: 1 for a dynamic-size graph, dynamic for --height/--width)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help=f"largest batch of a dynamic batch axis, audited for the 2^31 limit (default: {DEFAULT_MAX_BATCH}; "
+                        "for the fixed-size default, at most what keeps every tensor under 2^31 elements)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= 18 (default: {DEFAULT_OPSET})")
     p.add_argument("--fp16", action="store_true", help="write the mixed-precision FP16 graph (FP32 KNN chain and I/O)")
     p.add_argument("--sigma", type=float, default=None, help="noise level to record (default: the checkpoint's)")

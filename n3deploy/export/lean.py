@@ -13,7 +13,9 @@ symbolic dimension names (``height`` -> ``height@nls.1``) in the graph's ``value
 planner compares dim names, so it no longer pairs a buffer of one block with a tensor of
 another, while reuse inside a block (short-lived) stays. Only shape annotations change: the
 computation, the output (bit for bit), the op set and the graph's inputs/outputs are untouched.
-Fixed-size graphs have no symbolic dims, so this does not apply to them.
+A graph with *every* axis fixed has no symbolic dims (ONNX Runtime infers concrete shapes and
+overwrites names written into ``value_info``), so this cannot apply to it: that is why a fixed-size
+export keeps a symbolic batch axis by default (:func:`~n3deploy.export.onnx_export.export_onnx`).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ import onnx
 from .. import __version__
 from ..errors import N3DeployError
 from ..fileio import atomic_path
-from .audit import AuditReport, GraphAuditError, audit_model, tensor_elem_types
+from .audit import MAX_ELEMENTS, AuditReport, GraphAuditError, audit_model, tensor_elem_types
 from .lean import separate_block_shapes
 from .metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata, InputSpec, write_metadata
 
@@ -347,8 +347,8 @@ def export_onnx(
     *,
     height: Optional[int] = None,
     width: Optional[int] = None,
-    batch: "int | str" = 1,
-    max_batch: int = DEFAULT_MAX_BATCH,
+    batch: "int | str | None" = None,
+    max_batch: Optional[int] = None,
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
     sigma: Optional[float] = None,
@@ -366,6 +366,13 @@ def export_onnx(
         batch: fixed batch size ``B`` of the ``B x C x H x W`` float32 input ``noisy``, or
             ``"dynamic"``: a symbolic ``batch`` axis from 1 to ``max_batch`` (what the 2^31 audit
             checks, together with the maximum size), so a caller can send several tiles at once.
+            Default (``None``): 1 for a dynamic-size graph; ``"dynamic"`` for a fixed-size graph,
+            whose shapes would otherwise all be concrete (ONNX Runtime's default memory planner
+            then pairs the two N3 blocks' equal-sized buffers and keeps them alive in between:
+            :mod:`~n3deploy.export.lean`).
+        max_batch: the largest batch of a symbolic batch axis (default :data:`DEFAULT_MAX_BATCH`;
+            for the fixed-size default, at most the largest batch that keeps every tensor under
+            2^31 elements, at least 1).
         opset: ONNX opset of the default domain (>= 18).
         fp16: write the strongly typed mixed-precision graph (FP16 convolutions, FP32 KNN chain,
             FP32 input/output) instead of FP32.
@@ -385,9 +392,14 @@ def export_onnx(
         raise ExportError(f"opset {opset} is too old: n3deploy exports opset >= 18")
     if (height is None) != (width is None):
         raise ExportError("give both --height and --width for a fixed-size graph, or neither for a dynamic one")
+    fit_max_batch = batch is None and height is not None and max_batch is None
+    if batch is None:
+        batch = 1 if height is None else "dynamic"
     dynamic_batch = batch == "dynamic"
-    if not dynamic_batch and (not isinstance(batch, int) or batch < 1):
+    if not dynamic_batch and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ExportError(f"batch must be an integer >= 1 or 'dynamic', got {batch!r}")
+    if max_batch is None:
+        max_batch = DEFAULT_MAX_BATCH
     if dynamic_batch and max_batch < 1:
         raise ExportError(f"max_batch must be >= 1, got {max_batch}")
     example_batch = 2 if dynamic_batch else int(batch)
@@ -494,17 +506,26 @@ def export_onnx(
 
         # 4. metadata, checks, audit
         stage("audit")
-        spec = InputSpec(
-            name=INPUT_NAME, batch=None if dynamic_batch else int(batch), channels=cfg.in_channels,
-            height=None if dynamic else height, width=None if dynamic else width,
-            min_size=lo, max_height=max_height, max_width=max_width,
-            max_batch=max_batch if dynamic_batch else None,
-        )
-        meta = ExportMetadata(
-            config=cfg.to_dict(), sigma=None if sigma is None else float(sigma), n3deploy_version=__version__,
-            input_spec=spec, precision="fp16" if fp16 else "fp32", opset=opset,
-            fp32_scopes=fp32_scopes, source=dict(source or {}),
-        )
+
+        def metadata_for(largest_batch: int) -> ExportMetadata:
+            spec = InputSpec(
+                name=INPUT_NAME, batch=None if dynamic_batch else int(batch), channels=cfg.in_channels,
+                height=None if dynamic else height, width=None if dynamic else width,
+                min_size=lo, max_height=max_height, max_width=max_width,
+                max_batch=largest_batch if dynamic_batch else None,
+            )
+            return ExportMetadata(
+                config=cfg.to_dict(), sigma=None if sigma is None else float(sigma), n3deploy_version=__version__,
+                input_spec=spec, precision="fp16" if fp16 else "fp32", opset=opset,
+                fp32_scopes=fp32_scopes, source=dict(source or {}),
+            )
+
+        if fit_max_batch:  # every tensor grows linearly with the batch: the largest batch under 2^31
+            write_metadata(onnx_model, metadata_for(1))
+            one = audit_model(onnx_model, max_height=max_height, max_width=max_width, full_check=False)
+            per_sample = one.largest[0].numel if one.largest else 1
+            max_batch = max(1, min(max_batch, (MAX_ELEMENTS - 1) // max(per_sample, 1)))
+        meta = metadata_for(max_batch)
         write_metadata(onnx_model, meta)
         onnx_model.producer_name, onnx_model.producer_version = "n3deploy", __version__
         report = audit_model(onnx_model, max_height=max_height, max_width=max_width)
