@@ -352,3 +352,20 @@ def test_bench_command_parses_rows_and_scenarios() -> None:
         settings_from_args(p.parse_args(["--backends", "ort"]), "x")
     with pytest.raises(SystemExit, match="unknown benchmark scenario"):
         settings_from_args(p.parse_args(["--scenarios", "nope"]), "x")
+
+
+def test_update_refuses_results_of_another_machine(tmp_path, capsys) -> None:
+    """One report describes one machine: --update onto another machine's results stops before measuring."""
+    from n3deploy.benchmarking.machine import machine_info
+    from n3deploy.benchmarking.merge import machine_mismatch
+    from n3deploy.cli import main
+
+    here = machine_info(1)
+    assert machine_mismatch(here, dict(here, threads=7, os="other")) is None  # settings, not the machine
+    assert "cpu" in machine_mismatch(dict(here, cpu="Some Other CPU"), here)
+    results = tmp_path / "results.json"
+    text = json.dumps({"machine": dict(here, cpu="Some Other CPU"), "results": []})
+    results.write_text(text)
+    assert main(["bench", "--update", "--json", str(results), "--sizes", "none", "--no-breakdown",
+                 "--denoiser-size", "none"]) == 2
+    assert "another machine" in capsys.readouterr().err and results.read_text() == text

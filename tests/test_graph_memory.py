@@ -76,3 +76,19 @@ def test_fixed_size_default_export_is_lean_and_a_fully_static_one_is_not(tmp_pat
         assert "error" not in result, result
     assert bare["peak_rss_bytes"] <= 1.5 * tuned["peak_rss_bytes"], (bare, tuned)
     assert bare_static["peak_rss_bytes"] > 1.5 * bare["peak_rss_bytes"], (bare_static, bare)
+
+
+def test_report_gives_each_graph_form_its_own_row():
+    """Variant rows (other graph forms) are labelled with their form; a report without them has none."""
+    from n3deploy.benchmarking.graph_memory import render
+
+    def row(runtime, graph, gb):
+        return {"runtime": runtime, "graph": graph, "height": 321, "width": 481, "peak_rss_bytes": gb * 1e9, "seconds": 1.0}
+
+    plain = render({"model": "m", "rows": [row("ort-default", "dynamic", 0.6), row("onnxruntime", "dynamic", 0.5)]})
+    assert "fixed-size" not in plain and plain.count("\n| ONNX Runtime") == 2
+    text = render({"model": "m", "rows": [row("ort-default", "dynamic", 0.6), row("ort-default", "fixed", 0.7),
+                                          row("onnxruntime", "fixed-fp16", 0.4)]})
+    assert "| ONNX Runtime, default `SessionOptions`, fixed-size FP32 graph | 0.70 (1.00 s) |" in text
+    assert "| ONNX Runtime, n3deploy backend, fixed-size FP16 graph | 0.40 (1.00 s) |" in text
+    assert "dynamic FP16" not in text.split("\n\n")[2]  # no row for a form that was not measured

@@ -10,7 +10,9 @@ Every measurement is one child process (``python -m n3deploy.benchmarking.graph_
 that loads the model, runs one random ``1 x C x H x W`` input and reports its ``VmHWM`` (peak
 resident memory of the whole process, Python and libraries included) and the run's seconds, so no
 measurement inherits another's heap. Paper model at 481x321, 1024x1024, 1920x1080 (``quick``: the
-tiny model at 481x321 only, a smoke run).
+tiny model at 481x321 only, a smoke run). The other graph forms a user exports (:data:`VARIANTS`: the
+dynamic FP16 graph, and the fixed-size FP32 and FP16 graphs exported at each measured size) are
+measured with ONNX Runtime's default ``SessionOptions`` against n3deploy's backend too (full run only).
 """
 
 from __future__ import annotations
@@ -24,9 +26,16 @@ from typing import Any, Optional
 
 from .scenarios import Scenario, ScenarioOptions, register_scenario
 
-__all__ = ["RUNTIMES", "SIZES", "QUICK_SIZES", "measure_peak", "run", "render"]
+__all__ = ["RUNTIMES", "VARIANTS", "VARIANT_RUNTIMES", "SIZES", "QUICK_SIZES", "measure_peak", "run", "render"]
 
 RUNTIMES = ("ort-default", "onnxruntime", "openvino", "torch")
+# graph form -> (label, export options; "size" = exported at the measured height x width)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dynamic-fp16": ("dynamic FP16 graph", {"fp16": True}),
+    "fixed": ("fixed-size FP32 graph", {"size": True}),
+    "fixed-fp16": ("fixed-size FP16 graph", {"size": True, "fp16": True}),
+}
+VARIANT_RUNTIMES = ("ort-default", "onnxruntime")
 SIZES = ((321, 481), (1024, 1024), (1080, 1920))  # (height, width)
 QUICK_SIZES = ((321, 481),)
 MODEL = "paper-sigma25"
@@ -120,15 +129,23 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     sizes = QUICK_SIZES if options.quick else SIZES
     skipped = {"openvino": _openvino_skip()}
     models = {"ort-default": graph, "onnxruntime": graph, "openvino": graph, "torch": checkpoint}
+    jobs: list[tuple[str, str, int, int]] = [(rt, "dynamic", h, w) for h, w in sizes for rt in RUNTIMES]
+    if not options.quick:
+        jobs += [(rt, v, h, w) for v in VARIANTS for h, w in sizes for rt in VARIANT_RUNTIMES]
     rows = []
-    jobs = [(rt, h, w) for h, w in sizes for rt in RUNTIMES]
-    for rt, h, w in tqdm(jobs, desc="graph memory", unit="run"):
+    for rt, variant, h, w in tqdm(jobs, desc="graph memory", unit="run"):
+        base = {"runtime": rt, "graph": variant, "height": h, "width": w}
         if skipped.get(rt):
-            rows.append({"runtime": rt, "height": h, "width": w, "skipped": skipped[rt]})
+            rows.append({**base, "skipped": skipped[rt]})
             continue
-        result = measure_peak(rt, models[rt], h, w, threads=options.threads,
-                              timeout_s=max(options.max_job_s, 60.0) * 10)
-        rows.append({"runtime": rt, "height": h, "width": w, **result})
+        model: "str | os.PathLike" = models[rt]
+        if variant != "dynamic":
+            opts = dict(VARIANTS[variant][1])
+            if opts.pop("size", False):
+                opts.update(height=h, width=w)
+            model = cached_export(checkpoint, **opts)
+        result = measure_peak(rt, model, h, w, threads=options.threads, timeout_s=max(options.max_job_s, 60.0) * 10)
+        rows.append({**base, **result})
     return {"model": name, "graph": graph.name, "threads": options.threads, "quick": options.quick, "rows": rows}
 
 
@@ -148,23 +165,31 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         "## Graph memory in other runtimes",
         "",
-        f"Peak RSS of one denoise of the {results.get('model', MODEL)} model (dynamic FP32 graph), each "
+        f"Peak RSS of one denoise of the {results.get('model', MODEL)} model (dynamic FP32 graph unless the row says otherwise), each "
         "measurement a fresh process (`n3deploy bench --scenarios graph_memory`); GB (seconds).",
         "",
         head,
         "|" + "---|" * (len(sizes) + 1),
     ]
-    for rt in RUNTIMES:
+    forms = [("dynamic", rt, _LABELS[rt]) for rt in RUNTIMES]
+    forms += [(v, rt, f"{_LABELS[rt]}, {label}") for v, (label, _) in VARIANTS.items() for rt in VARIANT_RUNTIMES]
+    for variant, rt, label in forms:
+        mine = [r for r in rows if r["runtime"] == rt and r.get("graph", "dynamic") == variant]
+        if not mine:
+            continue
         cells = []
         for h, w in sizes:
-            row = next((r for r in rows if r["runtime"] == rt and (r["height"], r["width"]) == (h, w)), None)
+            row = next((r for r in mine if (r["height"], r["width"]) == (h, w)), None)
             if row is None:
                 cells.append("-")
             elif "peak_rss_bytes" in row:
                 cells.append(f"{row['peak_rss_bytes'] / 1e9:.2f} ({row['seconds']:.2f} s)")
             else:
                 cells.append(f"skipped: {row.get('skipped') or row.get('error')}")
-        lines.append(f"| {_LABELS[rt]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if any(r.get("graph", "dynamic") != "dynamic" for r in rows):
+        lines += ["", "Fixed-size graphs are exported at each measured size with n3deploy's default batch axis "
+                  "(symbolic); the FP16 graphs are the mixed-precision ones (`export --fp16`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["merge_results", "matmul_peaks"]
+__all__ = ["merge_results", "matmul_peaks", "machine_mismatch"]
+
+MACHINE_KEYS = ("cpu", "cpu_flags", "logical_cores", "gpu")
+
+
+def machine_mismatch(old_machine: dict[str, Any], machine: dict[str, Any]) -> "str | None":
+    """Why results measured on ``old_machine`` must not be merged with ``machine``'s (``None``: the
+    same kind of machine): one report describes one machine, so rows of two would be mislabelled."""
+    differ = [k for k in MACHINE_KEYS if old_machine.get(k) != machine.get(k)]
+    if not differ:
+        return None
+    return "; ".join(f"{k}: {old_machine.get(k)!r} there, {machine.get(k)!r} here" for k in differ)
 
 
 def matmul_peaks(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:

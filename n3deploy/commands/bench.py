@@ -129,7 +129,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     import json
 
     from ..benchmarking.report import write_report
-    from ..benchmarking.merge import merge_results
+    from ..benchmarking.machine import machine_info
+    from ..benchmarking.merge import machine_mismatch, merge_results
     from ..benchmarking.suite import command_line, run_suite
     from ..fileio import atomic_path
 
@@ -143,6 +144,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         settings = settings_from_args(args, command_line(prog, argv))
         if args.update and args.json.exists():
             old = json.loads(args.json.read_text())
+            mismatch = machine_mismatch(old.get("machine") or {}, machine_info(settings.resolved_threads()))
+            if mismatch:
+                print(f"error: {args.json} was measured on another machine ({mismatch}); --update would mix the "
+                      "two in one report: run without --update to measure everything here, or pass another --json",
+                      file=sys.stderr)
+                return 2
             doc = merge_results(old, run_suite(settings, json_path=args.json.with_suffix(".partial.json")))
             with atomic_path(args.json) as tmp:
                 tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
