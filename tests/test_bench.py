@@ -369,3 +369,13 @@ def test_update_refuses_results_of_another_machine(tmp_path, capsys) -> None:
     assert main(["bench", "--update", "--json", str(results), "--sizes", "none", "--no-breakdown",
                  "--denoiser-size", "none"]) == 2
     assert "another machine" in capsys.readouterr().err and results.read_text() == text
+
+
+def test_a_scenario_measured_on_another_machine_says_so() -> None:
+    from n3deploy.benchmarking.report import _scenario_sections
+
+    doc = {"scenarios": {"graph_memory": {"ok": True, "title": "Graph memory", "results": {"model": "m", "rows": []}, "wall_s": 3.0,
+                                       "foreign_cpu_share": 0.0, "machine_cpu": "Other CPU", "command": "n3deploy bench",
+                                       "note": "this machine's run: timed out"}}}
+    text = "\n".join(_scenario_sections(doc))
+    assert "Measured on Other CPU (another machine than the sections above; this machine's run: timed out" in text

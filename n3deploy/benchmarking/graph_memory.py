@@ -194,7 +194,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 register_scenario(Scenario(name="graph_memory", title="Graph memory in other runtimes", run=run, render=render,
-                           needs=("onnxruntime",)))
+                           needs=("onnxruntime",), min_timeout_s=2400.0))
 
 
 def _main(argv: Optional[list[str]] = None) -> int:

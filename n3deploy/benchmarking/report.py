@@ -279,8 +279,11 @@ def _scenario_sections(doc: dict[str, Any]) -> list[str]:
         elif name not in known:
             lines += [f"## {title}", "", f"Stored results of scenario `{name}`, whose module is not installed here.", ""]
         else:
+            where = (f" on {entry['machine_cpu']} (another machine than the sections above"
+                     + (f"; {entry['note']}" if entry.get("note") else "") + f"; `{entry.get('command', '')}`)") \
+                if entry.get("machine_cpu") else ""
             lines += [known[name].render(entry["results"]).rstrip(), "",
-                      f"Measured in a fresh worker process in {entry.get('wall_s', 0):.0f} s "
+                      f"Measured{where} in a fresh worker process in {entry.get('wall_s', 0):.0f} s "
                       f"(other load {_pct(entry.get('foreign_cpu_share'))}).", ""]
     return lines
 

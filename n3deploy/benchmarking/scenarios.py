@@ -53,6 +53,7 @@ class Scenario:
     run: Callable[[ScenarioOptions], dict[str, Any]]
     render: Callable[[dict[str, Any]], str]
     needs: tuple[str, ...] = field(default=())  # importable modules it needs (reported when missing)
+    min_timeout_s: float = 0.0  # its worker's time limit is at least this (long scenarios)
 
 
 _REGISTRY: dict[str, Scenario] = {}

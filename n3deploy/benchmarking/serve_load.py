@@ -333,5 +333,5 @@ def render(results: dict[str, Any]) -> str:
 
 register_scenario(Scenario(
     name="serve_load", title="Serving under load and a replica killed", run=run, render=render,
-    needs=("ray.serve", "tritonclient.http"),
+    needs=("ray.serve", "tritonclient.http"), min_timeout_s=2400.0,
 ))

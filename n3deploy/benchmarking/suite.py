@@ -153,7 +153,7 @@ def run_scenarios(settings: BenchSettings, log: Callable[[str], None] = print) -
         wait_for_quiet(settings.quiet_wait_s)
         job = {"task": "scenario", "name": name, "module": getattr(scenario.run, "__module__", None),
                "threads": settings.resolved_threads(), "quick": settings.quick, "max_job_s": settings.max_job_s}
-        res = run_worker_accounted(job, settings.job_timeout_s)
+        res = run_worker_accounted(job, max(settings.job_timeout_s, scenario.min_timeout_s))
         out[name] = {"title": scenario.title, "command": settings.command, **res}
         log(f"scenario {name}: {'done in %.0f s' % res['wall_s'] if res['ok'] else 'failed (' + res['error'] + ')'}")
     return out
