@@ -10,6 +10,13 @@ from n3deploy.benchmarking.graph_memory import measure_peak
 SIZE = 400  # tiny preset: large enough that the held buffers dominate the process's baseline
 
 
+def peak(runtime: str, graph) -> int:
+    """Peak RSS (bytes) of one SIZE x SIZE denoise of ``graph`` on ``runtime`` in a fresh process."""
+    result = measure_peak(runtime, graph, SIZE, SIZE)
+    assert "error" not in result, result
+    return result["peak_rss_bytes"]
+
+
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
     """The tiny model's dynamic export, and the same graph with the block separation undone
@@ -33,14 +40,10 @@ def graphs(tmp_path_factory):
 
 def test_default_session_options_peak_within_1_5x_of_the_tuned_backend(graphs):
     lean, shared = graphs
-    tuned = measure_peak("onnxruntime", lean, SIZE, SIZE)
-    bare = measure_peak("ort-default", lean, SIZE, SIZE)
-    before = measure_peak("ort-default", shared, SIZE, SIZE)
-    for result in (tuned, bare, before):
-        assert "error" not in result, result
-    assert bare["peak_rss_bytes"] <= 1.5 * tuned["peak_rss_bytes"], (bare, tuned)
+    tuned, bare, before = peak("onnxruntime", lean), peak("ort-default", lean), peak("ort-default", shared)
+    assert bare <= 1.5 * tuned, (bare, tuned)
     # the measurement sees the effect: with the blocks' dims shared the same bare session holds far more
-    assert before["peak_rss_bytes"] > 1.5 * bare["peak_rss_bytes"], (before, bare)
+    assert before > 1.5 * bare, (before, bare)
 
 
 def test_graph_memory_scenario_quick_run_and_report():
@@ -69,13 +72,9 @@ def test_fixed_size_default_export_is_lean_and_a_fully_static_one_is_not(tmp_pat
     static = cached_export("tiny-sigma25", cache_dir=root, height=SIZE, width=SIZE, batch=1)
     dims = [d.dim_param or d.dim_value for d in onnx.load(str(named)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 1, SIZE, SIZE]
-    tuned = measure_peak("onnxruntime", named, SIZE, SIZE)
-    bare = measure_peak("ort-default", named, SIZE, SIZE)
-    bare_static = measure_peak("ort-default", static, SIZE, SIZE)
-    for result in (tuned, bare, bare_static):
-        assert "error" not in result, result
-    assert bare["peak_rss_bytes"] <= 1.5 * tuned["peak_rss_bytes"], (bare, tuned)
-    assert bare_static["peak_rss_bytes"] > 1.5 * bare["peak_rss_bytes"], (bare_static, bare)
+    tuned, bare, bare_static = peak("onnxruntime", named), peak("ort-default", named), peak("ort-default", static)
+    assert bare <= 1.5 * tuned, (bare, tuned)
+    assert bare_static > 1.5 * bare, (bare_static, bare)
 
 
 def test_report_gives_each_graph_form_its_own_row():

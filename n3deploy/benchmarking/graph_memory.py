@@ -22,18 +22,27 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from .scenarios import Scenario, ScenarioOptions, register_scenario
 
-__all__ = ["RUNTIMES", "VARIANTS", "VARIANT_RUNTIMES", "SIZES", "QUICK_SIZES", "measure_peak", "run", "render"]
+__all__ = ["RUNTIMES", "GraphForm", "VARIANTS", "VARIANT_RUNTIMES", "SIZES", "QUICK_SIZES", "measure_peak", "run", "render"]
 
 RUNTIMES = ("ort-default", "onnxruntime", "openvino", "torch")
-# graph form -> (label, export options; "size" = exported at the measured height x width)
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dynamic-fp16": ("dynamic FP16 graph", {"fp16": True}),
-    "fixed": ("fixed-size FP32 graph", {"size": True}),
-    "fixed-fp16": ("fixed-size FP16 graph", {"size": True, "fp16": True}),
+
+
+class GraphForm(NamedTuple):
+    """Another exported form of the model: its row label, FP16 or FP32, fixed at the measured size or dynamic."""
+
+    label: str
+    fp16: bool
+    fixed_size: bool
+
+
+VARIANTS: dict[str, GraphForm] = {
+    "dynamic-fp16": GraphForm("dynamic FP16 graph", fp16=True, fixed_size=False),
+    "fixed": GraphForm("fixed-size FP32 graph", fp16=False, fixed_size=True),
+    "fixed-fp16": GraphForm("fixed-size FP16 graph", fp16=True, fixed_size=True),
 }
 VARIANT_RUNTIMES = ("ort-default", "onnxruntime")
 SIZES = ((321, 481), (1024, 1024), (1080, 1920))  # (height, width)
@@ -140,10 +149,8 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
             continue
         model: "str | os.PathLike" = models[rt]
         if variant != "dynamic":
-            opts = dict(VARIANTS[variant][1])
-            if opts.pop("size", False):
-                opts.update(height=h, width=w)
-            model = cached_export(checkpoint, **opts)
+            form = VARIANTS[variant]
+            model = cached_export(checkpoint, fp16=form.fp16, **({"height": h, "width": w} if form.fixed_size else {}))
         result = measure_peak(rt, model, h, w, threads=options.threads, timeout_s=max(options.max_job_s, 60.0) * 10)
         rows.append({**base, **result})
     return {"model": name, "graph": graph.name, "threads": options.threads, "quick": options.quick, "rows": rows}
@@ -172,7 +179,7 @@ def render(results: dict[str, Any]) -> str:
         "|" + "---|" * (len(sizes) + 1),
     ]
     forms = [("dynamic", rt, _LABELS[rt]) for rt in RUNTIMES]
-    forms += [(v, rt, f"{_LABELS[rt]}, {label}") for v, (label, _) in VARIANTS.items() for rt in VARIANT_RUNTIMES]
+    forms += [(v, rt, f"{_LABELS[rt]}, {form.label}") for v, form in VARIANTS.items() for rt in VARIANT_RUNTIMES]
     for variant, rt, label in forms:
         mine = [r for r in rows if r["runtime"] == rt and r.get("graph", "dynamic") == variant]
         if not mine:

@@ -279,13 +279,18 @@ def _scenario_sections(doc: dict[str, Any]) -> list[str]:
         elif name not in known:
             lines += [f"## {title}", "", f"Stored results of scenario `{name}`, whose module is not installed here.", ""]
         else:
-            where = (f" on {entry['machine_cpu']} (another machine than the sections above"
-                     + (f"; {entry['note']}" if entry.get("note") else "") + f"; `{entry.get('command', '')}`)") \
-                if entry.get("machine_cpu") else ""
             lines += [known[name].render(entry["results"]).rstrip(), "",
-                      f"Measured{where} in a fresh worker process in {entry.get('wall_s', 0):.0f} s "
+                      f"Measured{_other_machine(entry)} in a fresh worker process in {entry.get('wall_s', 0):.0f} s "
                       f"(other load {_pct(entry.get('foreign_cpu_share'))}).", ""]
     return lines
+
+
+def _other_machine(entry: dict[str, Any]) -> str:
+    """`` on CPU (...)`` for a scenario result kept from another machine's run (``machine_cpu`` set), else ``""``."""
+    if not entry.get("machine_cpu"):
+        return ""
+    why = f"; {entry['note']}" if entry.get("note") else ""
+    return f" on {entry['machine_cpu']} (another machine than the sections above{why}; `{entry.get('command', '')}`)"
 
 
 #: Hand-recorded development measurements appended to the report (path relative to the report).

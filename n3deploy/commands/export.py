@@ -19,7 +19,7 @@ chain in FP32 behind explicit Casts, FP32 input and output.
 The batch axis: --batch dynamic gives a symbolic batch (1 to --max-batch) so the Denoiser
 (batch_tiles=N), n3deploy serve and Triton can send several same-size tiles in one call;
 --batch N fixes it. Default: 1 for a dynamic-size graph, dynamic for a fixed-size one (a fully
-static graph peaks ~2x higher under ONNX Runtime's default SessionOptions, e.g. in Triton).
+static graph peaks 2-3x higher under ONNX Runtime's default SessionOptions, e.g. in Triton).
 
 Every export is simplified (onnxslim), passes onnx.checker's full check, is audited for TensorRT
 (op allow-list, input-derived shapes, < 2^31 elements per tensor at the maximum size) and is
