@@ -1,7 +1,8 @@
 """The end-to-end demo: the shipped model on a bundled photo through every available backend.
 
 Steps: load the shipped default model -> take scikit-image's ``camera`` photo -> add Gaussian
-noise at the model's sigma (fixed seed; clipped to [0, 1] like a real noisy photo) -> export
+noise at the model's sigma, or at :data:`BLIND_DEMO_SIGMA` for a blind model (fixed seed;
+clipped to [0, 1] like a real noisy photo) -> export
 ONNX FP32 and mixed FP16 -> denoise with :class:`n3deploy.Denoiser` on PyTorch, ONNX Runtime
 FP32/FP16 and TensorRT FP16 where present -> a parity/PSNR table, timings, a side-by-side PNG
 (noisy | denoised | clean) and a JSON report.
@@ -57,6 +58,8 @@ def _photo(size: int) -> np.ndarray:
 
 
 CAPTION_PX = 22  # height of the caption strip above each panel
+#: Noise level of the demo photo when the model is blind (trained over a range of sigma).
+BLIND_DEMO_SIGMA = 25.0
 
 
 def side_by_side(panels: list[np.ndarray], captions: list[str] | None = None) -> np.ndarray:
@@ -115,12 +118,15 @@ def run_demo(
     outdir.mkdir(parents=True, exist_ok=True)
     ckpt = Path(model_path) if model_path is not None else default_model_path()
     model = load_checkpoint(ckpt)
-    sigma = float(model.metadata["sigma"])
+    trained_sigma = model.metadata.get("sigma")  # None: a blind model
+    sigma = BLIND_DEMO_SIGMA if trained_sigma is None else float(trained_sigma)
     clean = _photo(size)
     noisy = np.clip(add_noise(clean, sigma, image_rng(seed, 0)), 0.0, 1.0).astype(np.float32)
     report = DemoReport(sigma=sigma, image="skimage.data.camera (centre crop)", shape=clean.shape,
                         noisy_psnr_db=psnr(clean, noisy))
-    console.print(f"[bold]n3deploy demo[/]: model {escape(ckpt.name)} (sigma {sigma:g}), photo {clean.shape[1]}x{clean.shape[0]}")
+    trained = f"sigma {sigma:g}" if trained_sigma is not None else f"blind, {model.metadata.get('sigma_range')}"
+    console.print(f"[bold]n3deploy demo[/]: model {escape(ckpt.name)} ({escape(trained)}), photo "
+                  f"{clean.shape[1]}x{clean.shape[0]} with noise sigma {sigma:g}")
 
     onnx32, onnx16 = outdir / "demo.onnx", outdir / "demo_fp16.onnx"
     candidates: list[tuple[str, Path, str]] = [
@@ -139,8 +145,8 @@ def run_demo(
     reasons = available_backends()  # a backend that cannot run here is a row with the reason, no export for it
     if any(path.suffix == ".onnx" and reasons.get(backend) is None for _, path, backend in candidates):
         with console.status("exporting ONNX FP32 and mixed FP16 ..."):
-            export_onnx(model, onnx32, sigma=sigma)
-            export_onnx(model, onnx16, sigma=sigma, fp16=True)
+            export_onnx(model, onnx32, sigma=trained_sigma)
+            export_onnx(model, onnx16, sigma=trained_sigma, fp16=True)
         report.files.update(onnx_fp32=str(onnx32), onnx_fp16=str(onnx16))
     reference = None
     outputs: dict[str, np.ndarray] = {}

@@ -2,8 +2,10 @@
 
 One naming scheme, ``<preset>-<noise>`` (``tiny-sigma25``, ``paper-sigma25``, ``tiny-blind``,
 ``official-sigma50``): each entry names an :class:`~n3deploy.config.N3NetConfig` preset
-(:data:`n3deploy.config.PRESETS`), the noise it was trained for (one σ, or a range for blind
-models), its channels and the Set12 PSNR its model card (``docs/model_card.md``) reports. The
+(:data:`n3deploy.config.PRESETS`) and the fields its architecture changes from it
+(``config``: ``tiny-blind`` has wider DnCNN blocks), the noise it was trained for (one σ, or a
+range for blind models), its channels and the Set12 PSNR its model card
+(``docs/model_card.md``) reports. The
 entries live in ``n3deploy/assets/models.json``, the one place those figures are written as data.
 
 * **Shipped** entries are files inside the package (``n3deploy/assets``).
@@ -62,6 +64,7 @@ class ModelEntry:
         name: registry name (``tiny-sigma25``).
         file: file name (in ``n3deploy/assets`` when shipped, else in :func:`model_home`).
         preset: the :class:`~n3deploy.config.N3NetConfig` preset of its architecture.
+        config: fields of the architecture that differ from the preset (``{"dncnn_features": 48}``).
         channels: image channels it denoises (1 = grayscale; colour images go channel by channel).
         sigma: the noise level it was trained for (0–255 scale); ``None`` for a blind model.
         sigma_range: ``(low, high)`` for a blind model (σ drawn uniformly per crop), else ``None``.
@@ -79,10 +82,19 @@ class ModelEntry:
     set12_psnr: dict[float, float] = field(default_factory=dict)
     official: bool = False
     summary: str = ""
+    config: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.sigma is None) == (self.sigma_range is None):
             raise ValueError(f"model {self.name!r}: give exactly one of sigma and sigma_range")
+
+    def model_config(self) -> Any:
+        """The :class:`~n3deploy.config.N3NetConfig` of the model: the preset with ``config`` applied."""
+        import dataclasses
+
+        from .config import N3NetConfig
+
+        return dataclasses.replace(N3NetConfig.preset(self.preset, self.channels), **self.config)
 
     @property
     def shipped(self) -> bool:
@@ -119,7 +131,7 @@ class ModelEntry:
         """Trainable parameters: counted from the file's tensors, else from the preset (needs torch; else ``None``)."""
         if self.available:
             return _count_parameters(str(self.path), self.path.stat().st_mtime_ns)
-        return _preset_parameters(self.preset, self.channels)
+        return _preset_parameters(self.preset, self.channels, tuple(sorted(self.config.items())))
 
     def instructions(self) -> str:
         """How to get this model's file when it is missing."""
@@ -145,7 +157,7 @@ class ModelEntry:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view (with the file's size and parameter count when present)."""
         return {
-            "name": self.name, "preset": self.preset, "noise": self.noise, "sigma": self.sigma,
+            "name": self.name, "preset": self.preset, "config": dict(self.config), "noise": self.noise, "sigma": self.sigma,
             "sigma_range": list(self.sigma_range) if self.sigma_range else None, "channels": self.channels,
             "parameters": self.parameters, "file_size": self.file_size, "path": str(self.path),
             "available": self.available, "shipped": self.shipped,
@@ -171,6 +183,7 @@ def _registry() -> tuple[dict[str, ModelEntry], str]:
             sigma_range=None if rng is None else (float(rng[0]), float(rng[1])),
             set12_psnr={float(k): float(v) for k, v in (raw.get("set12_psnr") or {}).items()},
             official=bool(raw.get("official", False)), summary=raw.get("summary", ""),
+            config={str(k): int(v) for k, v in (raw.get("config") or {}).items()},
         )
         if entry.name in entries:
             raise ValueError(f"{REGISTRY_FILE}: model {entry.name!r} listed twice")
@@ -200,13 +213,15 @@ def _count_parameters(path: str, mtime_ns: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _preset_parameters(preset: str, channels: int) -> Optional[int]:
+def _preset_parameters(preset: str, channels: int, changes: tuple[tuple[str, int], ...] = ()) -> Optional[int]:
+    import dataclasses
+
     try:
         from .config import N3NetConfig
         from .model import N3Net
     except ImportError:  # a deployment install without torch
         return None
-    model = N3Net(N3NetConfig.preset(preset, channels))
+    model = N3Net(dataclasses.replace(N3NetConfig.preset(preset, channels), **dict(changes)))
     return sum(p.numel() for p in model.parameters())
 
 

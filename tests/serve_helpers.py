@@ -42,16 +42,39 @@ class ServerProcess:
             return self.stop_s
         t0 = time.perf_counter()
         if self.proc.poll() is None:
+            children = _descendants(self.proc.pid)  # Ray's processes, started by this server
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
+                self.stop_s = time.perf_counter() - t0
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
                 self.stop_s = float("inf")
-                return self.stop_s
+            _kill_survivors(children)
+            return self.stop_s
         self.stop_s = time.perf_counter() - t0
         return self.stop_s
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill_survivors(processes: list) -> None:
+    """SIGKILL those of ``processes`` (psutil handles: pid and start time) still running."""
+    import psutil
+
+    for p in processes:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 _SERVER: Optional[ServerProcess] = None
@@ -82,8 +105,7 @@ def start_server(model: Path, log: Path, *extra: str) -> ServerProcess:
         except OSError:
             pass
         time.sleep(0.5)
-    proc.kill()
-    proc.wait(timeout=10)
+    server.stop()  # SIGINT (Ray shuts down), then SIGKILL to it and its processes if it hangs
     raise RuntimeError(f"n3deploy serve was not ready within {READY_TIMEOUT_S} s:\n{server.log_tail()}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from n3deploy import N3NetConfig, shipped_model_path
+from n3deploy import shipped_model_path
 from n3deploy.assets import DEFAULT_MODEL, SHIPPED_MODELS, default_model_path
 from n3deploy.backends import load_backend
 from n3deploy.checkpoint import read_checkpoint_header
@@ -27,7 +27,7 @@ def test_shipped_model_is_its_registry_entry_and_denoises(name, noisy_photo):
     entry = get_model(name)
     path = shipped_model_path(name)
     config, meta = read_checkpoint_header(path)
-    assert config == N3NetConfig.preset(entry.preset, entry.channels) and meta["sigma"] == entry.sigma
+    assert config == entry.model_config() and meta["sigma"] == entry.sigma
     assert meta.get("sigma_range") == (list(entry.sigma_range) if entry.blind else None)
     assert meta["val_psnr"] > 27.5  # validation at sigma=25 for every shipped model
     clean, noisy = noisy_photo

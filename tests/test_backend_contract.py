@@ -180,3 +180,37 @@ def test_limits_are_typed_and_enforced(backend: Backend):
         too_small = (b, c, h - 1, w)
     with pytest.raises(InvalidImageError):
         backend.run(_input(too_small))
+
+
+def test_a_batch_longer_than_one_engine_call_is_run_in_chunks(backend: Backend, monkeypatch):
+    limits = backend.input_shape_limits
+    step = limits.chunk
+    if step is None:
+        pytest.skip(f"{backend.name} takes any batch in one call (no fixed batch, no max_batch)")
+    n = 2 * step if limits.batch else step + 1
+    _, c, h, w = _good_shape(limits)
+    x = _input((n, c, h, w))
+    calls: list[int] = []
+    engine = backend.run_impl
+    monkeypatch.setattr(backend, "run_impl", lambda chunk: calls.append(chunk.shape[0]) or engine(chunk))
+    out = backend.run(x)
+    assert out.shape == x.shape and calls == [step, n - step]
+    monkeypatch.undo()
+    assert np.allclose(out[-1:], backend.run(x[-1:]), atol=1e-5)
+
+
+def test_a_fixed_size_graph_declares_its_audited_max_batch(tiny_onnx):
+    """A fixed-size graph exported with a symbolic batch was audited up to ``max_batch`` samples:
+    the ONNX backends report it as ``InputShapeLimits.max_batch`` (what ``run`` chunks to;
+    a TensorRT engine reports its profile's maximum, a server its ``max_batch_size``)."""
+    from n3deploy.export.metadata import read_metadata
+
+    spec = read_metadata(tiny_onnx.path).input_spec
+    assert spec.batch is None and spec.max_batch == 8
+    for name in ("onnxruntime", "openvino"):
+        if get_backend(name).probe() is not None:
+            continue
+        limits = load_backend(tiny_onnx.path, name, threads=1).input_shape_limits
+        assert (limits.batch, limits.max_batch, limits.chunk) == (None, 8, 8), name
+        assert limits.describe().startswith("B<=8x1x64x64")
+    assert InputShapeLimits(channels=1, batch=2).chunk == 2 and InputShapeLimits(channels=1).chunk is None

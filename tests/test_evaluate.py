@@ -150,7 +150,7 @@ def test_cli_eval_help_documents_protocol():
 
 
 def test_default_model_is_shipped():
-    """The embedded default model exists, is small, is a sigma=25 checkpoint and denoises."""
+    """The embedded default model exists, is small, is the blind checkpoint and denoises."""
     torch = pytest.importorskip("torch")
     from skimage import data
 
@@ -160,7 +160,7 @@ def test_default_model_is_shipped():
     path = default_model_path()
     assert path.stat().st_size < 5 * 2**20
     model = load_checkpoint(path)
-    assert model.metadata["sigma"] == 25
+    assert model.metadata["sigma"] is None and model.metadata["sigma_range"] == [0.0, 55.0]
     clean = data.camera()[200:264, 200:264].astype(np.float32)[None] / 255.0
 
     def denoise(x):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def test_shipped_entry_loads_exports_and_denoises(name, noisy_photo, tmp_path):
 
     entry = get_model(name)
     model = n3deploy.load_model(name)
-    assert model.config == N3NetConfig.preset(entry.preset, entry.channels)
+    assert model.config == entry.model_config()
+    assert model.config == dataclasses.replace(N3NetConfig.preset(entry.preset, entry.channels), **entry.config)
     assert model.metadata["sigma"] == entry.sigma
     assert model.metadata.get("sigma_range") == (list(entry.sigma_range) if entry.blind else None)
     assert entry.parameters == sum(p.numel() for p in model.parameters())

@@ -338,8 +338,46 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(image_dir, tmp_pa
     _, meta = read_checkpoint_header(frozen.out / LAST_FILE)
     assert meta["train"]["init_from"] == str(first.out / LAST_FILE)
     other = dataclasses.replace(small_config(), dncnn_depth=4)
-    with pytest.raises(N3DeployError, match="model config differs"):
+    with pytest.raises(N3DeployError, match="only a narrower dncnn_features"):
         train(cfg_for(image_dir, tmp_path / "mismatch", model_config=other, init_from=first.out / LAST_FILE), progress=False)
+
+
+def test_widening_keeps_the_function_and_breaks_the_symmetry():
+    from n3deploy.model import N3Net
+    from n3deploy.training.widen import widen_dncnn
+
+    torch.manual_seed(0)
+    narrow = N3Net(small_config())
+    for module in narrow.modules():  # trained-looking batch-norm statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    wide = widen_dncnn(narrow, 13, seed=1)
+    assert wide.config == dataclasses.replace(small_config(), dncnn_features=13)
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in narrow.parameters())
+    x = torch.rand(2, 1, 24, 30)
+    with torch.no_grad():
+        for mode in (False, True):  # eval: running statistics; training: batch statistics
+            narrow.train(mode), wide.train(mode)
+            torch.testing.assert_close(wide(x), narrow(x), rtol=0, atol=1e-5)
+    # a copied channel's outgoing weights differ from its source's: they can learn apart
+    w = wide.blocks[0].conv2.weight[:, : small_config().dncnn_features]
+    assert not torch.allclose(w, narrow.blocks[0].conv2.weight)
+    with pytest.raises(ValueError, match="fewer"):
+        widen_dncnn(narrow, 4)
+
+
+def test_init_from_a_narrower_checkpoint_widens_it(image_dir, tmp_path):
+    first = cfg_for(image_dir, tmp_path / "first", steps=2)
+    train(first, progress=False)
+    wide_config = dataclasses.replace(small_config(), dncnn_features=12)
+    frozen = cfg_for(image_dir, tmp_path / "wide", steps=1, lr=1e-30, model_config=wide_config, init_from=first.out / LAST_FILE)
+    train(frozen, progress=False)
+    narrow, wide = load_checkpoint(first.out / LAST_FILE), load_checkpoint(frozen.out / LAST_FILE)
+    assert wide.config == wide_config
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():  # batch statistics: the running ones moved in the one step
+        torch.testing.assert_close(wide.train()(x), narrow.train()(x), rtol=0, atol=1e-5)
 
 
 def test_train_rgb(rgb_dir, tmp_path):
@@ -382,3 +420,19 @@ def test_cli_train_help_has_example():
         [sys.executable, "-m", "n3deploy.cli", "train", "--help"], capture_output=True, text=True, cwd=REPO
     )
     assert proc.returncode == 0 and "torchrun" in proc.stdout and "--resume" in proc.stdout
+    # shell continuation lines are shown as typed (a backslash, then the next line)
+    assert "best.safetensors \\\n      --lr 5e-4" in proc.stdout
+
+
+def test_cli_dncnn_features_widens_the_preset():
+    import argparse
+
+    from n3deploy.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--preset", "tiny", "--dncnn-features", "48"])
+    cfg = train_command.config_from_args(args)
+    assert cfg.build_model_config() == dataclasses.replace(N3NetConfig.tiny(), dncnn_features=48)
+    plain = train_command.config_from_args(parser.parse_args(["train", "--data", "d", "--out", "o"]))
+    assert plain.model_config is None and plain.build_model_config() == N3NetConfig.tiny()

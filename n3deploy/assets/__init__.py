@@ -6,8 +6,8 @@ the files (model cards: ``docs/model_card.md``); ``n3deploy models`` lists them.
 * ``tiny-sigma25``: ``N3NetConfig.tiny()`` trained on BSD400 at sigma=25 on a 2-core CPU.
 * ``paper-sigma25``: ``N3NetConfig.paper()`` (the authors' hyper-parameters) trained on BSD400 at
   sigma=25 on one H100 GPU; ~10x the compute per pixel for +0.05 dB on Set12 -- for GPUs.
-* ``tiny-blind``: ``N3NetConfig.tiny()`` trained with sigma drawn from [0, 55] per crop, for
-  images whose noise level is unknown.
+* ``tiny-blind`` (the default): ``N3NetConfig.tiny()`` with 48-feature DnCNN blocks, trained
+  with sigma drawn from [0, 55] per crop, for images whose noise level is unknown.
 """
 
 from __future__ import annotations

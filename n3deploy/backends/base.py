@@ -8,7 +8,8 @@ A :class:`Backend` maps a float32 ``B x C x H x W`` numpy array in [0, 1] (noisy
 :meth:`Backend.run` is concrete: it validates the input (:meth:`Backend.check_input`: type, dtype,
 emptiness, rank, channels, the shape limits, NaN/Inf) for every backend, then calls the
 subclass's :meth:`Backend.run_impl`, which sees only valid C-contiguous float32 batches (as
-Polygraphy's ``infer`` / ``infer_impl``).
+Polygraphy's ``infer`` / ``infer_impl``) of at most the batch one engine call takes: a longer
+batch is run in chunks of the graph's fixed batch or of its ``max_batch``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ class InputShapeLimits:
     """What ``Backend.run`` accepts. ``None`` means "any" (dynamic) for that dimension.
 
     ``batch``: fixed batch of the graph (inputs whose batch is a multiple are run in chunks) or
-    ``None``; ``height``/``width``: fixed size or ``None``; a dynamic size must lie in
+    ``None``; ``max_batch``: the largest batch one call of a dynamic-batch engine takes (a
+    TensorRT profile's maximum, the batch a fixed-size graph was audited for, a server's
+    ``max_batch_size``; longer inputs are run in chunks), ``None``: unbounded;
+    ``height``/``width``: fixed size or ``None``; a dynamic size must lie in
     ``[min_size, max_height]`` x ``[min_size, max_width]`` (maxima ``None``: unbounded).
     """
 
@@ -41,13 +45,19 @@ class InputShapeLimits:
     min_size: int = 1
     max_height: Optional[int] = None
     max_width: Optional[int] = None
+    max_batch: Optional[int] = None
+
+    @property
+    def chunk(self) -> Optional[int]:
+        """Samples per engine call: the fixed batch, else ``max_batch`` (``None``: any)."""
+        return self.batch or self.max_batch
 
     @property
     def is_dynamic(self) -> bool:
         return self.height is None or self.width is None
 
     def describe(self) -> str:
-        b = "B" if self.batch is None else str(self.batch)
+        b = str(self.batch) if self.batch is not None else f"B<={self.max_batch}" if self.max_batch else "B"
         if not self.is_dynamic:
             return f"{b}x{self.channels}x{self.height}x{self.width} (fixed)"
         hi = f"{self.max_height or 'inf'}x{self.max_width or 'inf'}"
@@ -113,12 +123,16 @@ class Backend(abc.ABC):
         Raises :class:`~n3deploy.errors.InvalidImageError` (saying what to do) for anything the
         model cannot take; see :meth:`check_input`.
         """
-        return self.run_impl(self.check_input(x))
+        x = self.check_input(x)
+        step = self.input_shape_limits.chunk
+        if step is None or x.shape[0] <= step:
+            return self.run_impl(x)
+        return np.concatenate([self.run_impl(x[i : i + step]) for i in range(0, x.shape[0], step)])
 
     @abc.abstractmethod
     def run_impl(self, x: np.ndarray) -> np.ndarray:
-        """The engine call: ``x`` is a validated C-contiguous float32 ``B x C x H x W`` batch;
-        returns float32 ``B x C x H x W``."""
+        """The engine call: ``x`` is a validated C-contiguous float32 ``B x C x H x W`` batch of
+        at most ``input_shape_limits.chunk`` samples; returns float32 ``B x C x H x W``."""
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Validate ``x`` (type, dtype, shape limits, finiteness); returns it C-contiguous."""

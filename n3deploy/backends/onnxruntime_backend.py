@@ -199,6 +199,7 @@ class OnnxRuntimeBackend(Backend):
             min_size=int(spec.get("min_size", 1)),
             max_height=fixed(h) or spec.get("max_height"),
             max_width=fixed(w) or spec.get("max_width"),
+            max_batch=None if fixed(b) else spec.get("max_batch"),
         )
 
     @property
@@ -215,10 +216,4 @@ class OnnxRuntimeBackend(Backend):
         return self._session
 
     def run_impl(self, x: np.ndarray) -> np.ndarray:
-        step = self.input_shape_limits.batch or x.shape[0]
-        outs = [
-            self._session.run([self._output], {self._input.name: x[i : i + step]})[0]
-            for i in range(0, x.shape[0], step)
-        ]
-        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        return out.astype(np.float32, copy=False)
+        return self._session.run([self._output], {self._input.name: x})[0].astype(np.float32, copy=False)

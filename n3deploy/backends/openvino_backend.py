@@ -263,6 +263,7 @@ class OpenVINOBackend(Backend):
             channels=c or int(spec.get("channels", 1)), batch=b, height=h, width=w,
             min_size=int(spec.get("min_size", 1)),
             max_height=h or spec.get("max_height"), max_width=w or spec.get("max_width"),
+            max_batch=None if b else spec.get("max_batch"),
         )
 
     @property
@@ -310,10 +311,7 @@ class OpenVINOBackend(Backend):
         return values[self._output_name].copy()  # the request reuses its buffer on the next call
 
     def run_impl(self, x: np.ndarray) -> np.ndarray:
-        step = self.input_shape_limits.batch or x.shape[0]
-        outs = [self._forward(x[i : i + step]) for i in range(0, x.shape[0], step)]
-        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        return out.astype(np.float32, copy=False)
+        return self._forward(x).astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
         return f"OpenVINOBackend({str(self.model_path)!r}, precision={self._precision!r}, threads={self._threads})"

@@ -57,7 +57,7 @@ class RemoteBackend(Backend):
         self.model_name, self.model_version, self.timeout = model_name, model_version, float(timeout)
         self._requested_precision = precision
         self._local = threading.local()
-        self._limits, self._max_batch, self._metadata = self._describe()
+        self._limits, self._metadata = self._describe()
 
     # ------------------------------------------------------------------ connection
     def _client(self) -> Any:
@@ -109,11 +109,11 @@ class RemoteBackend(Backend):
         if spec.get("datatype") != "FP32" or len(shape) != 4 or shape[1] < 1:
             raise ModelFileError(f"{self.url}: input {INPUT_NAME!r} is {spec.get('datatype')} {shape}; expected FP32 [B, C, H, W]")
         b, c, h, w = shape
+        max_batch = int(config.get("max_batch_size") or 0) or None
         limits = InputShapeLimits(
             channels=c, batch=None if b == -1 else b, height=None if h == -1 else h, width=None if w == -1 else w,
-            min_size=1 if h == -1 or w == -1 else min(h, w),
+            min_size=1 if h == -1 or w == -1 else min(h, w), max_batch=max_batch,
         )
-        max_batch = int(config.get("max_batch_size") or 0) or None
         params = {k: (v.get("string_value") if isinstance(v, dict) else v) for k, v in (config.get("parameters") or {}).items()}
         metadata: dict[str, Any] = {"server": self.url, "model_name": self.model_name, "platform": meta.get("platform")}
         if params.get("n3deploy_config"):
@@ -123,7 +123,7 @@ class RemoteBackend(Backend):
         if params.get("n3deploy_sigma"):
             metadata["sigma"] = float(str(params["n3deploy_sigma"]))
         metadata["precision"] = params.get("n3deploy_precision") or self._requested_precision
-        return limits, max_batch, metadata
+        return limits, metadata
 
     # ------------------------------------------------------------------ Backend
     @property
@@ -143,11 +143,7 @@ class RemoteBackend(Backend):
         return dict(self._metadata)
 
     def run_impl(self, x: np.ndarray) -> np.ndarray:
-        """One binary request per chunk of at most the server's ``max_batch_size`` (all of ``x`` if none)."""
-        step = self._max_batch or self._limits.batch or x.shape[0]
-        return np.concatenate([self._infer(x[i : i + step]) for i in range(0, x.shape[0], step)])
-
-    def _infer(self, x: np.ndarray) -> np.ndarray:
+        """One binary request (``Backend.run`` chunks a batch to the server's ``max_batch_size``)."""
         import tritonclient.http as httpclient
 
         inp = httpclient.InferInput(INPUT_NAME, list(x.shape), "FP32")

@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..models import default_model_name
 from .scenarios import Scenario, ScenarioOptions, register_scenario
 
 __all__ = ["run", "render", "ServerUnderTest", "LoadResult"]
@@ -256,7 +257,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         with ServerUnderTest(("--replicas", "2", "--max-batch", "8", *common)) as server:
             fault = _fault(server, images["256x256"], expected["256x256"], quick)
     return {
-        "model": "shipped default (tiny-sigma25)", "cores": os.cpu_count(), "quick": quick,
+        "model": f"shipped default ({default_model_name()})", "cores": os.cpu_count(), "quick": quick,
         "server_ready_s": ready, "in_process": in_process, "load": load, "fault": fault,
         "settings": {"max_batch": 8, "batch_wait_ms": 5, "clients": list(client_counts), "budget_s_per_cell": budget},
     }

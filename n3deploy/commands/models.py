@@ -51,7 +51,8 @@ def format_table(entries) -> str:
         where = ("shipped" if e.shipped else "converted") if e.available else (
             "missing" if e.shipped else "not converted: n3deploy models " + e.name)
         rows.append((
-            e.name + (" *" if e.name == default else ""), e.preset, e.noise, str(e.channels),
+            e.name + (" *" if e.name == default else ""),
+            e.preset + "".join(f" {k}={v}" for k, v in e.config.items()), e.noise, str(e.channels),
             "-" if e.parameters is None else f"{e.parameters:,}", _size(e.file_size), _psnr(e), where,
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -18,8 +18,12 @@ examples:
   n3deploy train --data data/train400 --val-split 8 --out runs/tiny25 --resume
 
   # warm restart / fine-tuning: a new run that starts from a checkpoint's weights
-  n3deploy train --data data/train400 --val-split 8 --init-from runs/tiny25/best.safetensors \
+  n3deploy train --data data/train400 --val-split 8 --init-from runs/tiny25/best.safetensors \\
       --lr 5e-4 --out runs/tiny25-more
+
+  # more capacity: widen a trained model's DnCNN blocks (32 -> 48 features), then train on
+  n3deploy train --data data/train400 --val-split 8 --dncnn-features 48 \\
+      --init-from runs/tiny25/best.safetensors --lr 3e-4 --out runs/tiny25-wide
 
   # data-parallel: 2 processes (gloo on CPU, NCCL with --device cuda)
   torchrun --nproc-per-node 2 -m n3deploy.cli train --data data/train400 --out runs/ddp
@@ -49,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..training.config import TRAIN_PRECISIONS
 
     p.add_argument("--preset", default="tiny", choices=preset_names(), help="model size (default: tiny)")
+    p.add_argument("--dncnn-features", type=int, default=None, metavar="N",
+                   help="DnCNN width instead of the preset's (tiny: 32, paper: 64); with --init-from a narrower "
+                        "checkpoint of the same preset, its DnCNN blocks are widened keeping its function (Net2Net)")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB (default: 1)")
     p.add_argument("--sigma", type=float, default=25.0, help="noise level, 0-255 scale (default: 25); also the validation level")
     p.add_argument("--sigma-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="blind model: sigma uniform in [LOW, HIGH] per patch")
@@ -79,9 +86,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`~n3deploy.training.TrainConfig` described by parsed arguments."""
+    import dataclasses
+
+    from ..config import N3NetConfig
     from ..training import TrainConfig
 
+    model_config = None
+    if args.dncnn_features is not None:
+        model_config = dataclasses.replace(N3NetConfig.preset(args.preset, args.channels), dncnn_features=args.dncnn_features)
     return TrainConfig(
+        model_config=model_config,
         data=args.data,
         out=args.out,
         val=args.val,

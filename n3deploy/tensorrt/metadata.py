@@ -124,8 +124,14 @@ class EngineMetadata:
         lo, hi = shapes["min"], shapes["max"]
         batch = lo[0] if lo[0] == hi[0] else None
         if self.profile is None:
-            return InputShapeLimits(channels=lo[1], batch=batch, height=lo[2], width=lo[3], min_size=min(lo[2:]))
-        return InputShapeLimits(channels=lo[1], batch=batch, min_size=max(lo[2:]), max_height=hi[2], max_width=hi[3])
+            return InputShapeLimits(
+                channels=lo[1], batch=batch, height=lo[2], width=lo[3], min_size=min(lo[2:]),
+                max_batch=None if batch is not None else hi[0],
+            )
+        return InputShapeLimits(
+            channels=lo[1], batch=batch, min_size=max(lo[2:]), max_height=hi[2], max_width=hi[3],
+            max_batch=None if batch is not None else hi[0],
+        )
 
     # -- (de)serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

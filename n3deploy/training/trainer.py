@@ -126,17 +126,23 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, step: int) -> None
         )
 
 
-def _load_initial_weights(model: torch.nn.Module, path: Path, model_cfg) -> None:
-    """Copy the weights of checkpoint ``path`` into ``model`` (``--init-from``)."""
+def _load_initial_weights(model: torch.nn.Module, path: Path, model_cfg, seed: int) -> None:
+    """Copy the weights of checkpoint ``path`` into ``model`` (``--init-from``); a checkpoint
+    whose DnCNN blocks are narrower is widened first, function-preserving (:mod:`.widen`)."""
     from ..checkpoint import load_checkpoint, read_checkpoint_header
+    from .widen import can_widen, widen_dncnn
 
     saved_cfg, _ = read_checkpoint_header(path)
-    if saved_cfg != model_cfg:
+    if saved_cfg == model_cfg:
+        model.load_state_dict(load_checkpoint(path).state_dict())
+    elif can_widen(saved_cfg, model_cfg):
+        model.load_state_dict(widen_dncnn(load_checkpoint(path), model_cfg.dncnn_features, seed).state_dict())
+    else:
         raise N3DeployError(
             f"--init-from {path}: its model config differs from this run's "
-            f"({saved_cfg} vs {model_cfg}); pick the matching --preset/--channels"
+            f"({saved_cfg} vs {model_cfg}); pick the matching --preset/--channels "
+            "(only a narrower dncnn_features can be widened)"
         )
-    model.load_state_dict(load_checkpoint(path).state_dict())
 
 
 def _plot_curve(history: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -213,7 +219,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
     torch.manual_seed(cfg.seed)
     model = N3Net(model_cfg).to(device)
     if cfg.init_from is not None and not resume:
-        _load_initial_weights(model, cfg.init_from, model_cfg)
+        _load_initial_weights(model, cfg.init_from, model_cfg, cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, history, best_psnr, wall_before = 0, [], -math.inf, 0.0
     if resume:
