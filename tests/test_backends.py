@@ -50,7 +50,9 @@ def test_onnxruntime_backend_matches_torch_backend(tiny_checkpoint, tiny_onnx, n
 def test_onnxruntime_backend_describes_and_enforces_its_input_shape(tiny_onnx, noisy):
     backend = load_backend(tiny_onnx.path)
     limits = backend.input_shape_limits
-    assert limits == InputShapeLimits(channels=1, batch=None, height=64, width=64, min_size=15, max_height=64, max_width=64)
+    assert limits == InputShapeLimits(
+        channels=1, batch=None, height=64, width=64, min_size=15, max_height=64, max_width=64, max_batch=8
+    )
     two = np.concatenate([noisy, noisy[..., ::-1, :].copy()])
     out = backend.run(two)  # batch 2 in one call: the fixed-size graph's batch axis is symbolic
     assert np.allclose(out[0], backend.run(noisy)[0]) and out.shape == two.shape

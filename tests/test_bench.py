@@ -114,9 +114,11 @@ def test_suite_end_to_end_tiny(tmp_path) -> None:
 def test_a_model_of_another_preset_is_refused() -> None:
     from n3deploy.benchmarking.artifacts import check_model
 
-    check_model(BenchSettings(preset="tiny", model="tiny-blind"))
+    check_model(BenchSettings(preset="tiny", model="tiny-sigma25"))
     with pytest.raises(ValueError, match="not a 'paper' preset network"):
         check_model(BenchSettings(preset="paper", model="tiny-sigma25"))
+    with pytest.raises(ValueError, match="not a 'tiny' preset network"):  # wider DnCNN blocks than the preset
+        check_model(BenchSettings(preset="tiny", model="tiny-blind"))
 
 
 def test_random_weight_artifacts_are_built_once_and_a_models_checkpoint_is_its_own_file(tmp_path, monkeypatch) -> None:
