@@ -128,10 +128,10 @@ class ModelEntry:
 
     @property
     def parameters(self) -> Optional[int]:
-        """Trainable parameters: counted from the file's tensors, else from the preset (needs torch; else ``None``)."""
+        """Trainable parameters: counted from the file's tensors, else from :meth:`model_config` (needs torch; else ``None``)."""
         if self.available:
             return _count_parameters(str(self.path), self.path.stat().st_mtime_ns)
-        return _preset_parameters(self.preset, self.channels, tuple(sorted(self.config.items())))
+        return _config_parameters(self.model_config())
 
     def instructions(self) -> str:
         """How to get this model's file when it is missing."""
@@ -213,15 +213,13 @@ def _count_parameters(path: str, mtime_ns: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _preset_parameters(preset: str, channels: int, changes: tuple[tuple[str, int], ...] = ()) -> Optional[int]:
-    import dataclasses
-
+def _config_parameters(config: Any) -> Optional[int]:
+    """Trainable parameters of an N3Net of ``config`` (an ``N3NetConfig``); ``None`` without torch."""
     try:
-        from .config import N3NetConfig
         from .model import N3Net
     except ImportError:  # a deployment install without torch
         return None
-    model = N3Net(dataclasses.replace(N3NetConfig.preset(preset, channels), **dict(changes)))
+    model = N3Net(config)
     return sum(p.numel() for p in model.parameters())
 
 

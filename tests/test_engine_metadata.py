@@ -128,6 +128,14 @@ def test_inputs_inside_profile_pass(spec):
     assert (limits.max_height, limits.max_width) == (1080, 1920)
 
 
+def test_a_batching_profile_reports_its_max_batch(tmp_path):
+    """A profile up to batch 8: ``Backend.run`` then sends the engine at most 8 samples per call."""
+    batched = make_residual_conv_onnx(tmp_path / "b.onnx", ("batch", 1, "height", "width"))
+    meta = _meta(resolve_spec(batched, min_shape="1x1x64x64", opt_shape="4x1x256x256", max_shape="8x1x512x512"))
+    limits = meta.backend_limits()
+    assert (limits.batch, limits.max_batch, limits.chunk) == (None, 8, 8)
+
+
 def test_out_of_profile_input_suggests_a_wider_rebuild(spec):
     meta = _meta(spec)
     with pytest.raises(EngineMismatchError) as info:

@@ -123,14 +123,13 @@ class EngineMetadata:
         shapes = self.input_shape_limits()
         lo, hi = shapes["min"], shapes["max"]
         batch = lo[0] if lo[0] == hi[0] else None
+        max_batch = None if batch is not None else hi[0]  # a batching profile: at most hi[0] per call
         if self.profile is None:
             return InputShapeLimits(
-                channels=lo[1], batch=batch, height=lo[2], width=lo[3], min_size=min(lo[2:]),
-                max_batch=None if batch is not None else hi[0],
+                channels=lo[1], batch=batch, height=lo[2], width=lo[3], min_size=min(lo[2:]), max_batch=max_batch
             )
         return InputShapeLimits(
-            channels=lo[1], batch=batch, min_size=max(lo[2:]), max_height=hi[2], max_width=hi[3],
-            max_batch=None if batch is not None else hi[0],
+            channels=lo[1], batch=batch, min_size=max(lo[2:]), max_height=hi[2], max_width=hi[3], max_batch=max_batch
         )
 
     # -- (de)serialisation -----------------------------------------------------------------------
