@@ -139,7 +139,7 @@ def test_concurrent_calls_from_threads(denoiser):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     image=st.one_of(
         hnp.arrays(st.sampled_from([np.uint8, np.uint16]), hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=40)),

@@ -51,11 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--val-split", type=int, default=0, metavar="N", help="hold out the last N training images for validation")
     from ..config import preset_names
     from ..training.config import TRAIN_PRECISIONS
+    from ..training.loss import LOSSES
 
     p.add_argument("--preset", default="tiny", choices=preset_names(), help="model size (default: tiny)")
     p.add_argument("--dncnn-features", type=int, default=None, metavar="N",
                    help="DnCNN width instead of the preset's (tiny: 32, paper: 64); with --init-from a narrower "
                         "checkpoint of the same preset, its DnCNN blocks are widened keeping its function (Net2Net)")
+    p.add_argument("--window", type=int, default=None, metavar="N",
+                   help="KNN search window in patches per side, odd, instead of the preset's (tiny: 7, paper: 15); "
+                        "it has no weights: --init-from a checkpoint of another window carries its weights over")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB (default: 1)")
     p.add_argument("--sigma", type=float, default=25.0, help="noise level, 0-255 scale (default: 25); also the validation level")
     p.add_argument("--sigma-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="blind model: sigma uniform in [LOW, HIGH] per patch")
@@ -79,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="forward pass: fp32, or bf16 = the precision plan (convolutions bfloat16 under autocast, KNN "
                         "float32; weights, optimiser and validation float32): faster steps on CPUs with AVX512_BF16/AMX "
                         "and on GPUs (default: fp32)")
+    p.add_argument("--loss", default="mse", choices=LOSSES,
+                   help="mse, or sigma-weighted (with --sigma-range): each patch's MSE weighted by 1/sigma (floored "
+                        "at 5), so that every noise level of a blind model pulls equally on PSNR (default: mse)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -92,8 +99,9 @@ def config_from_args(args: argparse.Namespace):
     from ..training import TrainConfig
 
     model_config = None
-    if args.dncnn_features is not None:
-        model_config = dataclasses.replace(N3NetConfig.preset(args.preset, args.channels), dncnn_features=args.dncnn_features)
+    changes = {k: v for k, v in (("dncnn_features", args.dncnn_features), ("window", args.window)) if v is not None}
+    if changes:
+        model_config = dataclasses.replace(N3NetConfig.preset(args.preset, args.channels), **changes)
     return TrainConfig(
         model_config=model_config,
         data=args.data,
@@ -121,6 +129,7 @@ def config_from_args(args: argparse.Namespace):
         compile=args.compile,
         init_from=args.init_from,
         precision=args.precision,
+        loss=args.loss,
     )
 
 
