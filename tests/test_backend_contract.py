@@ -89,9 +89,13 @@ _OPENED: dict[tuple[str, Optional[str]], Backend] = {}
 def backend(request: pytest.FixtureRequest) -> Backend:
     """The tiny model opened by one registered backend (once per test session), or a skip saying why not."""
     name, precision = request.param
-    reason = get_backend(name).probe()
+    spec = get_backend(name)
+    reason = spec.probe()
     if reason is not None:
         pytest.skip(f"{name} cannot run here: {reason}")
+    reason = spec.precision_probe(precision) if precision is not None else None
+    if reason is not None:
+        pytest.skip(f"{name} cannot run {precision} here: {reason}")
     if name not in MODEL_FACTORIES:  # test_every_registered_backend_has_a_test_model fails for it
         pytest.skip(f"backend {name!r} has no test model: add it to MODEL_FACTORIES in {__name__}")
     if (name, precision) not in _OPENED:

@@ -40,6 +40,23 @@ def test_fp32_runs_every_layer_in_fp32_and_matches_onnxruntime(tiny_onnx, noisy)
     assert precisions["f32"] > 0 and precisions["bf16"] == 0  # the hint is explicit, whatever the CPU
 
 
+def test_the_registry_says_whether_this_cpu_runs_bf16_and_load_backend_refuses_it_where_not(tiny_onnx):
+    """Without native BF16 OpenVINO would quietly run FP32: the registry's precision probe says so
+    before anything loads, and the contract suite skips those cases with the reason."""
+    from n3deploy.backends import get_backend
+    from n3deploy.errors import BackendUnavailableError
+
+    spec = get_backend("openvino")
+    assert spec.precision_probe("fp32") is None
+    if cpu_bf16_support()["bf16"]:
+        assert spec.precision_probe("bf16") is None
+        assert load_backend(tiny_onnx.path, "openvino", precision="bf16", threads=1).precision == "bf16"
+    else:
+        assert "AVX512_BF16" in spec.precision_probe("bf16")
+        with pytest.raises(BackendUnavailableError, match="cannot run bf16 here.*AVX512_BF16"):
+            load_backend(tiny_onnx.path, "openvino", precision="bf16", threads=1)
+
+
 @needs_bf16
 def test_bf16_plan_runs_the_convolutions_in_bf16_and_no_knn_op_in_bf16(tiny_onnx):
     backend = load_backend(tiny_onnx.path, "openvino", precision="bf16", threads=1)

@@ -41,7 +41,7 @@ from ..errors import BackendUnavailableError, ModelFileError
 from ..export.metadata import decode_props
 from .base import Backend, InputShapeLimits
 
-__all__ = ["OpenVINOBackend", "Island", "split_islands", "cpu_bf16_support"]
+__all__ = ["OpenVINOBackend", "Island", "split_islands", "cpu_bf16_support", "precision_unavailable"]
 
 PRECISIONS = ("fp32", "bf16")
 _HINT = {"fp32": "f32", "bf16": "bf16"}
@@ -159,6 +159,14 @@ def cpu_bf16_support() -> dict[str, Any]:
     return {"bf16": "BF16" in caps, "default_precision": default, "capabilities": caps}
 
 
+def precision_unavailable(precision: str) -> Optional[str]:
+    """``None`` when this CPU runs ``precision`` natively, else why not (``bf16`` needs
+    AVX512_BF16 or AMX: without them OpenVINO would quietly run FP32)."""
+    if precision == "bf16" and not cpu_bf16_support()["bf16"]:
+        return "this CPU has no native BF16 support (AVX512_BF16 / AMX): use precision='fp32'"
+    return None
+
+
 def _physical_cores() -> int:
     try:
         import psutil
@@ -214,10 +222,9 @@ class OpenVINOBackend(Backend):
         if self._precision == "fp32":
             self._islands = [Island("graph", False, proto, (inputs[0].name,), (proto.graph.output[0].name,))]
         else:
-            if not cpu_bf16_support()["bf16"]:
-                raise BackendUnavailableError(
-                    "this CPU has no native BF16 support (AVX512_BF16 / AMX): use precision='fp32'"
-                )
+            reason = precision_unavailable(self._precision)
+            if reason is not None:
+                raise BackendUnavailableError(reason)
             scopes = tuple(self._metadata.get("fp32_scopes") or ())
             if not scopes:
                 raise ModelFileError(

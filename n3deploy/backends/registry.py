@@ -45,7 +45,9 @@ class BackendSpec:
     the URL string for URL backends); ``device`` is ``None`` or one of ``devices`` (optionally
     ``:N``); ``precision`` is ``None`` (the backend's default: ``fp32``, or for a compiled graph or
     engine the precision it was built in) or one of ``precisions``. ``probe() -> None`` when the
-    backend can run on this machine, else the reason it cannot (cheap: no model is loaded).
+    backend can run on this machine, else the reason it cannot (cheap: no model is loaded);
+    ``precision_probe(precision) -> None`` when it can run that one of its ``precisions`` here,
+    else why not (e.g. BF16 on a CPU without BF16 kernels).
     """
 
     name: str
@@ -54,6 +56,7 @@ class BackendSpec:
     precisions: tuple[str, ...]
     factory: Callable[..., "Backend"]
     probe: Callable[[], Optional[str]]
+    precision_probe: Callable[[str], Optional[str]] = lambda precision: None
 
     def accepts(self, model: "str | os.PathLike") -> bool:
         """Whether this backend opens ``model``: its file suffix is in :attr:`suffixes` (URL
@@ -153,6 +156,9 @@ def load_backend(
     reason = spec.probe()
     if reason is not None:
         raise BackendUnavailableError(f"the {name} backend cannot run here: {reason}")
+    reason = spec.precision_probe(precision) if precision is not None else None
+    if reason is not None:
+        raise BackendUnavailableError(f"the {name} backend cannot run {precision} here: {reason}")
     return spec.factory(path, device=device, precision=precision, **opts)
 
 
@@ -188,6 +194,12 @@ def _openvino_factory(path: Path, *, device: Optional[str] = None, precision: Op
     from .openvino_backend import OpenVINOBackend
 
     return OpenVINOBackend(path, device, precision=precision or "fp32", **opts)
+
+
+def _openvino_precision_probe(precision: str) -> Optional[str]:
+    from .openvino_backend import precision_unavailable
+
+    return precision_unavailable(precision)
 
 
 def _cuda_index(device: Optional[str]) -> int:
@@ -241,6 +253,7 @@ register_backend(BackendSpec(
 register_backend(BackendSpec(
     name="openvino", suffixes=(".onnx",), devices=("cpu",), precisions=("fp32", "bf16"),
     factory=_openvino_factory, probe=_module_probe("openvino", "OpenVINO", "pip install 'n3deploy[openvino]'"),
+    precision_probe=_openvino_precision_probe,
 ))
 register_backend(BackendSpec(
     name="tensorrt", suffixes=(".plan", ".engine", ".onnx"), devices=("cuda",), precisions=("fp32", "fp16"),
