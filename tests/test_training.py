@@ -155,61 +155,6 @@ def test_train_config_validation():
         TrainConfig(data=".", out=".", val=".", val_split=2)
 
 
-# ------------------------------------------------------------------------- loss
-
-
-def test_sigma_weighted_loss_is_the_mse_when_every_patch_has_one_noise_level():
-    from n3deploy.training.loss import training_loss
-
-    gen = torch.Generator().manual_seed(0)
-    denoised, clean = torch.rand(4, 1, 8, 8, generator=gen), torch.rand(4, 1, 8, 8, generator=gen)
-    same = torch.full((4,), 30.0)
-    assert training_loss(denoised, clean, same, "sigma-weighted").item() == pytest.approx(
-        torch.nn.functional.mse_loss(denoised, clean).item(), rel=1e-6
-    )
-
-
-def test_sigma_weighted_loss_weighs_each_patch_by_one_over_its_floored_sigma():
-    from n3deploy.training.loss import SIGMA_WEIGHT_FLOOR, training_loss
-
-    clean = torch.zeros(3, 1, 4, 4)
-    denoised = torch.stack([torch.full((1, 4, 4), v) for v in (1.0, 2.0, 3.0)])  # patch MSEs 1, 4, 9
-    sigmas = torch.tensor([10.0, 50.0, 0.0])  # weights 1/10, 1/50, 1/floor
-    w = torch.tensor([1 / 10, 1 / 50, 1 / SIGMA_WEIGHT_FLOOR])
-    expected = float((w * torch.tensor([1.0, 4.0, 9.0])).sum() / w.sum())
-    assert training_loss(denoised, clean, sigmas, "sigma-weighted").item() == pytest.approx(expected, rel=1e-6)
-    # a sigma-10 patch pulls five times as hard as a sigma-50 patch with the same error
-    grads = []
-    for sigma in (10.0, 50.0):
-        d = torch.ones(2, 1, 4, 4, requires_grad=True)
-        training_loss(d, torch.zeros(2, 1, 4, 4), torch.tensor([sigma, 30.0]), "sigma-weighted").backward()
-        grads.append(d.grad[0].abs().sum().item() / d.grad[1].abs().sum().item())
-    assert grads[0] / grads[1] == pytest.approx(5.0, rel=1e-5)
-
-
-def test_the_sigma_weighted_loss_needs_blind_training_and_unknown_losses_are_refused():
-    with pytest.raises(ValueError, match="sigma range"):
-        TrainConfig(data=".", out=".", loss="sigma-weighted")
-    with pytest.raises(ValueError, match="loss"):
-        TrainConfig(data=".", out=".", sigma_range=(0, 55), loss="l1")
-    assert TrainConfig(data=".", out=".", sigma_range=(0, 55), loss="sigma-weighted").loss == "sigma-weighted"
-
-
-def test_a_sigma_weighted_blind_run_trains_and_records_its_loss(image_dir, tmp_path):
-    cfg = cfg_for(image_dir, tmp_path / "run", sigma_range=(0.0, 55.0), loss="sigma-weighted", lr=3e-3)
-    plain = cfg_for(image_dir, tmp_path / "plain", sigma_range=(0.0, 55.0), lr=3e-3)
-    train(cfg, progress=False)
-    train(plain, progress=False)
-    _, meta = read_checkpoint_header(cfg.out / LAST_FILE)
-    assert meta["train"]["loss"] == "sigma-weighted"
-    history = json.loads((cfg.out / HISTORY_FILE).read_text())
-    plain_history = json.loads((plain.out / HISTORY_FILE).read_text())
-    assert all(np.isfinite(h["train_loss"]) for h in history)
-    # the same patches and noise, another loss: other values and other weights
-    assert history[0]["train_loss"] != plain_history[0]["train_loss"]
-    assert any(not torch.equal(a, b) for a, b in zip(weights(cfg.out / LAST_FILE).values(), weights(plain.out / LAST_FILE).values()))
-
-
 # --------------------------------------------------------------------- training
 
 
@@ -422,13 +367,20 @@ def test_widening_keeps_the_function_and_breaks_the_symmetry():
         widen_dncnn(narrow, 4)
 
 
-def test_init_from_a_narrower_checkpoint_widens_it(image_dir, tmp_path):
+def _started_from_a_trained_run(image_dir: Path, tmp_path: Path, model_config: N3NetConfig) -> tuple[Path, Path]:
+    """A 2-step run of the small model, then a run of ``model_config`` ``--init-from`` it that
+    cannot move (one step at lr 1e-30): the two runs' last checkpoints."""
     first = cfg_for(image_dir, tmp_path / "first", steps=2)
     train(first, progress=False)
-    wide_config = dataclasses.replace(small_config(), dncnn_features=12)
-    frozen = cfg_for(image_dir, tmp_path / "wide", steps=1, lr=1e-30, model_config=wide_config, init_from=first.out / LAST_FILE)
+    frozen = cfg_for(image_dir, tmp_path / "frozen", steps=1, lr=1e-30, model_config=model_config, init_from=first.out / LAST_FILE)
     train(frozen, progress=False)
-    narrow, wide = load_checkpoint(first.out / LAST_FILE), load_checkpoint(frozen.out / LAST_FILE)
+    return first.out / LAST_FILE, frozen.out / LAST_FILE
+
+
+def test_init_from_a_narrower_checkpoint_widens_it(image_dir, tmp_path):
+    wide_config = dataclasses.replace(small_config(), dncnn_features=12)
+    first, frozen = _started_from_a_trained_run(image_dir, tmp_path, wide_config)
+    narrow, wide = load_checkpoint(first), load_checkpoint(frozen)
     assert wide.config == wide_config
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():  # batch statistics: the running ones moved in the one step
@@ -437,13 +389,9 @@ def test_init_from_a_narrower_checkpoint_widens_it(image_dir, tmp_path):
 
 def test_init_from_a_checkpoint_of_another_search_window_carries_its_weights_over(image_dir, tmp_path):
     """The window has no weights: a window-7 checkpoint starts a window-5 run (and keeps its weights)."""
-    first = cfg_for(image_dir, tmp_path / "first", steps=2)
-    train(first, progress=False)
-    other_window = dataclasses.replace(small_config(), window=5)
-    frozen = cfg_for(image_dir, tmp_path / "w5", steps=1, lr=1e-30, model_config=other_window, init_from=first.out / LAST_FILE)
-    train(frozen, progress=False)
-    start, after = weights(first.out / LAST_FILE), weights(frozen.out / LAST_FILE)
-    assert load_checkpoint(frozen.out / LAST_FILE).config.window == 5
+    first, frozen = _started_from_a_trained_run(image_dir, tmp_path, dataclasses.replace(small_config(), window=5))
+    assert load_checkpoint(frozen).config.window == 5
+    start, after = weights(first), weights(frozen)
     for key, value in start.items():
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             torch.testing.assert_close(after[key], value, rtol=0, atol=1e-20, msg=key)
@@ -493,40 +441,24 @@ def test_cli_train_help_has_example():
     assert "best.safetensors \\\n      --lr 5e-4" in proc.stdout
 
 
+def _train_config_from_cli(*argv: str) -> TrainConfig:
+    """The TrainConfig that ``n3deploy train --data d --out o ARGV...`` describes."""
+    import argparse
+
+    from n3deploy.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    return train_command.config_from_args(parser.parse_args(["train", "--data", "d", "--out", "o", *argv]))
+
+
 def test_cli_dncnn_features_widens_the_preset():
-    import argparse
-
-    from n3deploy.commands import train as train_command
-
-    parser = argparse.ArgumentParser()
-    train_command.register(parser.add_subparsers())
-    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--preset", "tiny", "--dncnn-features", "48"])
-    cfg = train_command.config_from_args(args)
+    cfg = _train_config_from_cli("--preset", "tiny", "--dncnn-features", "48")
     assert cfg.build_model_config() == dataclasses.replace(N3NetConfig.tiny(), dncnn_features=48)
-    plain = train_command.config_from_args(parser.parse_args(["train", "--data", "d", "--out", "o"]))
+    plain = _train_config_from_cli()
     assert plain.model_config is None and plain.build_model_config() == N3NetConfig.tiny()
-    assert plain.loss == "mse"
-
-
-def test_cli_loss_flag_reaches_the_config():
-    import argparse
-
-    from n3deploy.commands import train as train_command
-
-    parser = argparse.ArgumentParser()
-    train_command.register(parser.add_subparsers())
-    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--sigma-range", "0", "55", "--loss", "sigma-weighted"])
-    assert train_command.config_from_args(args).loss == "sigma-weighted"
 
 
 def test_cli_window_changes_the_presets_search_window():
-    import argparse
-
-    from n3deploy.commands import train as train_command
-
-    parser = argparse.ArgumentParser()
-    train_command.register(parser.add_subparsers())
-    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--window", "11", "--dncnn-features", "48"])
-    assert train_command.config_from_args(args).build_model_config() == dataclasses.replace(
-        N3NetConfig.tiny(), window=11, dncnn_features=48
-    )
+    cfg = _train_config_from_cli("--window", "11", "--dncnn-features", "48")
+    assert cfg.build_model_config() == dataclasses.replace(N3NetConfig.tiny(), window=11, dncnn_features=48)

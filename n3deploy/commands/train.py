@@ -51,7 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--val-split", type=int, default=0, metavar="N", help="hold out the last N training images for validation")
     from ..config import preset_names
     from ..training.config import TRAIN_PRECISIONS
-    from ..training.loss import LOSSES
 
     p.add_argument("--preset", default="tiny", choices=preset_names(), help="model size (default: tiny)")
     p.add_argument("--dncnn-features", type=int, default=None, metavar="N",
@@ -83,9 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="forward pass: fp32, or bf16 = the precision plan (convolutions bfloat16 under autocast, KNN "
                         "float32; weights, optimiser and validation float32): faster steps on CPUs with AVX512_BF16/AMX "
                         "and on GPUs (default: fp32)")
-    p.add_argument("--loss", default="mse", choices=LOSSES,
-                   help="mse, or sigma-weighted (with --sigma-range): each patch's MSE weighted by 1/sigma (floored "
-                        "at 5), so that every noise level of a blind model pulls equally on PSNR (default: mse)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -129,7 +125,6 @@ def config_from_args(args: argparse.Namespace):
         compile=args.compile,
         init_from=args.init_from,
         precision=args.precision,
-        loss=args.loss,
     )
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import N3NetConfig
-from .loss import LOSSES
 
 __all__ = ["TrainConfig", "learning_rate", "TRAIN_PRECISIONS"]
 
@@ -54,8 +53,6 @@ class TrainConfig:
             (convolutions in bfloat16 under ``torch.autocast``, every KNN aggregation in float32);
             weights, gradients, optimiser state, loss and validation stay float32. Faster on CPUs
             with AVX512_BF16 / AMX and on GPUs.
-        loss: ``mse``, or ``sigma-weighted`` (blind training only): each patch's MSE weighted by
-            ``1/sigma`` so that every noise level pulls equally on PSNR (:mod:`.loss`).
     """
 
     data: Path
@@ -84,7 +81,6 @@ class TrainConfig:
     compile: bool = False
     init_from: Path | None = None
     precision: str = "fp32"
-    loss: str = "mse"
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -108,7 +104,6 @@ class TrainConfig:
             "channels": self.channels in (1, 3),
             "sigma": self.sigma >= 0,
             "precision": self.precision in TRAIN_PRECISIONS,
-            "loss": self.loss in LOSSES,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -118,8 +113,6 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
-        if self.loss != "mse" and self.sigma_range is None:
-            raise ValueError(f"the {self.loss} loss weighs patches by their noise level: it needs a sigma range (blind training)")
         if self.val is not None and self.val_split:
             raise ValueError("give either a validation folder or val_split, not both")
 

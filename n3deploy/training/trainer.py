@@ -15,6 +15,7 @@ stopped at any checkpoint and resumed reaches the same weights bit for bit (on C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,7 +32,6 @@ from ..errors import N3DeployError
 from ..fileio import atomic_path
 from .config import TrainConfig, decay_start, learning_rate
 from .data import PatchSampler, list_images, load_image, step_rng
-from .loss import training_loss
 from .distributed import DistInfo, broadcast_flag, replicas_in_sync, setup_distributed, teardown_distributed
 
 __all__ = ["train", "TrainResult", "STATE_FILE", "LAST_FILE", "BEST_FILE", "HISTORY_FILE", "CURVE_FILE"]
@@ -131,8 +131,6 @@ def _load_initial_weights(model: torch.nn.Module, path: Path, model_cfg, seed: i
     """Copy the weights of checkpoint ``path`` into ``model`` (``--init-from``); a checkpoint
     whose DnCNN blocks are narrower is widened first, function-preserving (:mod:`.widen`). The
     KNN search window has no weights: a checkpoint of another window carries over as it is."""
-    import dataclasses
-
     from ..checkpoint import load_checkpoint, read_checkpoint_header
     from .widen import can_widen, widen_dncnn
 
@@ -310,14 +308,14 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, info: DistInfo, devic
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            noisy, clean, sigmas = sampler.batch(step_rng(cfg.seed, step, info.rank), cfg.batch_size)
+            noisy, clean, _ = sampler.batch(step_rng(cfg.seed, step, info.rank), cfg.batch_size)
             noisy_t, clean_t = torch.from_numpy(noisy).to(device), torch.from_numpy(clean).to(device)
             optimizer.zero_grad(set_to_none=True)
             # batch-norm statistics change in the forward pass: keep a copy to undo a broken step
             saved_stats = [b.detach().clone() for b in stat_buffers]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 denoised = net(noisy_t)  # bf16: convolutions in bfloat16, KNN aggregations in float32
-            loss = training_loss(denoised, clean_t, torch.from_numpy(sigmas).to(device), cfg.loss)
+            loss = torch.nn.functional.mse_loss(denoised.float(), clean_t)
             loss.backward()  # also when the loss is not finite: data-parallel ranks must all reduce
             # The norm is computed after the all-reduce, so every rank takes the same decision.
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
